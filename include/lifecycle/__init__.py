@@ -1,0 +1,1 @@
+"""The retention core: policy, decisions and actions. It never imports Airflow."""

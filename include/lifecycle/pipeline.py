@@ -1,0 +1,54 @@
+"""The steps of each rule, in order: the one sequence the DAGs, the demo and the tests all run.
+Data flows one way: select -> gate -> archive -> verify -> erase -> verify erase -> report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lifecycle.archiving import archive_due, verify_archive
+from lifecycle.erasing import erase_due, verify_erased
+from lifecycle.expiry import purge_expired
+from lifecycle.gating import gate_candidates
+from lifecycle.policy import Rule
+from lifecycle.run import RunContext
+from lifecycle.select import record_stage, select_candidates
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    action: Callable[[RunContext, Rule], dict]
+    stage: str
+    destructive: bool = False
+
+
+SELECT = Step("select", select_candidates, "selected")
+GATE = Step("gate", gate_candidates, "gated")
+ARCHIVE = Step("archive", archive_due, "archived")
+VERIFY_ARCHIVE = Step("verify_archive", verify_archive, "archive_verified")
+ERASE = Step("erase", erase_due, "erased", destructive=True)
+VERIFY_ERASE = Step("verify_erase", verify_erased, "erase_verified")
+PURGE = Step("purge", purge_expired, "purged", destructive=True)
+
+
+def steps_for(rule: Rule) -> list[Step]:
+    if rule.action == "purge_archive":
+        return [PURGE]
+    if rule.action == "reactivate":
+        # Sending notices and erasing non-responders belong to the reactivation cycle.
+        return [SELECT, GATE]
+    archive = [ARCHIVE, VERIFY_ARCHIVE] if rule.archives else []
+    return [SELECT, GATE, *archive, ERASE, VERIFY_ERASE]
+
+
+def run_step(run: RunContext, rule: Rule, step: Step) -> dict:
+    result = step.action(run, rule)
+    if step is not PURGE:
+        record_stage(run, rule, step.stage)
+    return result
+
+
+def run_rule(run: RunContext, rule: Rule) -> list[dict]:
+    """Every step of one rule, stopping at the first that fails (its exception propagates)."""
+    return [run_step(run, rule, step) for step in steps_for(rule)]

@@ -1,0 +1,60 @@
+"""What every step of a run shares: where it acts, for which instant, under which policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from functools import cached_property
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from lifecycle.policy import Policy, Rule
+from lifecycle.store import LifecycleTables, lifecycle_tables
+
+
+@dataclass
+class RunContext:
+    engine: Engine
+    policy: Policy
+    as_of: datetime
+    dag_id: str
+    run_id: str
+    archive_uri: str
+    reports_dir: Path
+    volume_approved: bool = False
+    # Holds are read as they stand when the run executes, whatever its as-of.
+    today: date = field(default_factory=lambda: datetime.now(UTC).date())
+
+    def __post_init__(self) -> None:
+        if self.as_of.tzinfo is None:
+            raise ValueError("as_of must be an aware UTC instant")
+        self.as_of = self.as_of.astimezone(UTC)
+
+    @cached_property
+    def tables(self) -> LifecycleTables:
+        return lifecycle_tables(self.engine)
+
+    @property
+    def as_of_naive(self) -> datetime:
+        return self.as_of.replace(tzinfo=None)
+
+    @property
+    def engine_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=False)
+
+    def report_dir(self) -> Path:
+        """Where this run's report and validation results are kept."""
+        safe_run = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in self.run_id)
+        folder = self.reports_dir / self.dag_id / safe_run
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def artifact_path(self, rule: Rule, name: str) -> Path:
+        path = self.report_dir() / rule.id / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def now_utc_naive() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)

@@ -1,0 +1,174 @@
+"""The pipeline's own tables, inside the application database: a schema of their own on
+PostgreSQL, `lifecycle_`-prefixed tables elsewhere. They hold decisions, archive batches, the
+audit trail and holds, never a person's data (emails only as declared legal holds)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    event,
+)
+from sqlalchemy.schema import CreateSchema
+
+POSTGRES_SCHEMA = "lifecycle"
+BATCH_KEY = String(300)
+
+
+class LifecycleTables:
+    def __init__(self, schema: str | None):
+        prefix = "" if schema else "lifecycle_"
+        self.metadata = MetaData(schema=schema)
+        m = self.metadata
+        self.runs = Table(
+            f"{prefix}runs", m,
+            Column("dag_id", String(250), primary_key=True),
+            Column("run_id", String(250), primary_key=True),
+            Column("as_of", DateTime, nullable=False),
+            Column("policy_version", String(64), nullable=False),
+            Column("started_at", DateTime, nullable=False),
+            Column("finished_at", DateTime),
+            Column("state", String(16), nullable=False),
+            Column("summary", Text),
+        )
+        self.selections = Table(
+            f"{prefix}selections", m,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("dag_id", String(250), nullable=False),
+            Column("run_id", String(250), nullable=False),
+            Column("rule", String(64), nullable=False),
+            Column("as_of", DateTime, nullable=False),
+            Column("policy_version", String(64), nullable=False),
+            Column("created_at", DateTime, nullable=False),
+            Column("table_rows", BigInteger),
+            Column("counts", Text),
+            # The last step completed: selected, gated, archived, archive_verified, erased, erase_verified.
+            Column("stage", String(20), nullable=False, default="selected"),
+            UniqueConstraint("dag_id", "run_id", "rule"),
+        )
+        self.candidates = Table(
+            f"{prefix}candidates", m,
+            Column("selection_id", Integer, primary_key=True, autoincrement=False),
+            Column("record_key", BigInteger, primary_key=True, autoincrement=False),
+            Column("decision", String(12), nullable=False),  # due | held | invalid
+            Column("reason", String(120)),
+            Column("anchor_epoch", BigInteger),
+            Column("due_epoch", BigInteger),
+            Column("retain_until", Date),
+            Column("archive_batch", BATCH_KEY),
+            Column("state", String(12), nullable=False),  # pending | erased | skipped | failed
+            Index(f"{prefix}candidates_work", "selection_id", "decision", "state"),
+        )
+        self.archive_batches = Table(
+            f"{prefix}archive_batches", m,
+            Column("batch_key", BATCH_KEY, primary_key=True),
+            Column("rule", String(64), nullable=False),
+            Column("table_name", String(64), nullable=False),
+            Column("retain_until", Date, nullable=False),
+            Column("as_of", DateTime, nullable=False),
+            Column("dag_id", String(250), nullable=False),
+            Column("run_id", String(250), nullable=False),
+            Column("policy_version", String(64), nullable=False),
+            Column("uri", Text, nullable=False),
+            Column("row_count", BigInteger, nullable=False),
+            Column("records_digest", String(64), nullable=False),
+            Column("verified_at", DateTime),
+            Column("purged_at", DateTime),
+        )
+        self.archived_records = Table(
+            f"{prefix}archived_records", m,
+            Column("table_name", String(64), primary_key=True),
+            Column("record_key", BigInteger, primary_key=True, autoincrement=False),
+            Column("batch_key", BATCH_KEY, nullable=False, index=True),
+            # SHA-256 of the trimmed, lower-cased email of the record's subject: lets a hold
+            # reach the archive without keeping the address.
+            Column("subject_digest", String(64)),
+        )
+        self.audit_events = Table(
+            f"{prefix}audit_events", m,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("recorded_at", DateTime, nullable=False),
+            Column("dag_id", String(250), nullable=False),
+            Column("run_id", String(250), nullable=False),
+            Column("rule", String(64), nullable=False),
+            Column("action", String(16), nullable=False),  # archived | erased | pseudonymised | purged
+            Column("table_name", String(64)),
+            Column("record_key", BigInteger),
+            Column("policy_version", String(64), nullable=False),
+            Column("archive_batch", BATCH_KEY),
+            Column("as_of", DateTime, nullable=False),
+            Index(f"{prefix}audit_events_record", "table_name", "record_key"),
+        )
+        self.legal_holds = Table(
+            f"{prefix}legal_holds", m,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("email_normalized", String(320)),
+            Column("table_name", String(64)),
+            Column("record_key", BigInteger),
+            Column("reason", Text, nullable=False),
+            Column("until", Date),
+            Column("created_at", DateTime, nullable=False),
+            Column("lifted_at", DateTime),
+        )
+
+    def qualified(self, table: Table) -> str:
+        return f"{table.schema}.{table.name}" if table.schema else table.name
+
+
+@cache
+def _tables_for(schema: str | None) -> LifecycleTables:
+    return LifecycleTables(schema)
+
+
+def lifecycle_tables(engine: Engine) -> LifecycleTables:
+    return _tables_for(POSTGRES_SCHEMA if engine.dialect.name == "postgresql" else None)
+
+
+def ensure_lifecycle_tables(engine: Engine) -> LifecycleTables:
+    """Create the pipeline's tables where missing (idempotent; never touches application tables)."""
+    tables = lifecycle_tables(engine)
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(CreateSchema(POSTGRES_SCHEMA, if_not_exists=True))
+        tables.metadata.create_all(connection, checkfirst=True)
+    return tables
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for the application database; SQLite gets foreign keys and a busy timeout."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url, pool_pre_ping=True, connect_args=_connect_args(url))
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _connect_args(url: str) -> dict:
+    """Every session reads and writes instants in UTC."""
+    if url.startswith("sqlite"):
+        return {"timeout": 30}
+    if url.startswith("postgresql"):
+        return {"options": "-c timezone=UTC"}
+    if url.startswith("mysql"):
+        return {"init_command": "SET time_zone = '+00:00'"}
+    return {}
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()

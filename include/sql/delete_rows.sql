@@ -1,0 +1,1 @@
+DELETE FROM {{ table | q }} WHERE {{ column | q }} IN :keys
