@@ -1,0 +1,102 @@
+"""One DAG per processing purpose of the policy, each rule a task group of its steps:
+prepare -> [rule: select -> gate -> archive -> verify -> erase -> verify erase]... -> report."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import DAG, CronTriggerTimetable, Param, TaskGroup, chain, task
+
+from lifecycle.pipeline import steps_for
+from lifecycle.policy import Policy, Purpose
+from lifecycle_airflow import tasks
+
+NIGHTLY = CronTriggerTimetable("0 0 * * *", timezone="UTC")
+DEFAULT_ARGS = {
+    "owner": "data-protection",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=5),
+}
+
+
+def build_dags(policy: Policy) -> dict[str, DAG]:
+    return {purpose.dag_id: build_dag(policy, purpose) for purpose in policy.purposes}
+
+
+def build_dag(policy: Policy, purpose: Purpose) -> DAG:
+    with DAG(
+        dag_id=purpose.dag_id,
+        description=purpose.title,
+        doc_md=purpose_doc(policy, purpose),
+        schedule=NIGHTLY,
+        start_date=datetime(2026, 1, 1, tzinfo=UTC),
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        tags=["gdpr", "retention", purpose.id],
+        params={
+            "volume_approved": Param(
+                False, type="boolean",
+                description="Act even when a rule's candidates exceed its volume ceiling (POLICY.md).",
+            ),
+        },
+    ) as dag:
+        prepare = task(task_id="prepare", retries=1)(tasks.prepare_run)()
+        report = task(task_id="report", retries=1)(tasks.report_run)(purpose.id)
+        for rule in purpose.rules:
+            with TaskGroup(group_id=rule.id, tooltip=f"{rule.action} {rule.table or 'archive'}"):
+                steps = [
+                    task(task_id=step.name)(tasks.run_rule_step)(rule.id, step.name) for step in steps_for(rule)
+                ]
+                chain(prepare, *steps, report)
+        # The report runs whatever happened, and the run's state is that of the rules.
+        report.as_teardown(setups=prepare)
+    return dag
+
+
+def purpose_doc(policy: Policy, purpose: Purpose) -> str:
+    lines = [
+        f"# {purpose.title}",
+        "",
+        f"**Legal basis:** {purpose.legal_basis}  ",
+        f"**Seed reference:** {purpose.seed_reference} of `{policy.seed}`  ",
+        f"**Policy:** {policy.name}, version `{policy.version[:16]}`",
+        "",
+        "The run's logical date (UTC) is the as-of of every decision. Parameter `volume_approved` lets a "
+        "run act above a rule's volume ceiling.",
+        "",
+        "| rule | records | window | action | archive |",
+        "|---|---|---|---|---|",
+    ]
+    for rule in purpose.rules:
+        lines.append(
+            f"| `{rule.id}` | {_records(rule)} | {_window(rule)} | {rule.action.replace('_', ' then ')} "
+            f"| {_archive(rule)} |"
+        )
+    choices = [f"- `{rule.id}`: {rule.choice} (choice)" for rule in purpose.rules if rule.choice]
+    return "\n".join(lines + ([""] + choices if choices else [])) + "\n"
+
+
+def _records(rule) -> str:
+    if rule.table is None:
+        return "archive batches"
+    where = " and ".join(f"{f.column.table}.{f.column.column} {f.op} {f.value or ''}".strip() for f in rule.filters)
+    return f"`{rule.table}`" + (f" where {where}" if where else "")
+
+
+def _window(rule) -> str:
+    if not rule.windows:
+        return "retain_until"
+    parts = []
+    for window in rule.windows:
+        columns = ", else ".join(f"{ref.table}.{ref.column}" for ref in window.columns)
+        anchor = f"latest of {columns}" if window.pick == "latest" else columns
+        parts.append(f"{anchor} + {window.period_text}")
+    return "; otherwise ".join(parts) + (f"; grace {rule.grace_period_text}" if rule.grace_period_text else "")
+
+
+def _archive(rule) -> str:
+    if not rule.archive:
+        return "none"
+    source = "as-of" if rule.archive.source is None else rule.archive.source.column
+    return f"retain until {source} + {rule.archive.retain_for_text}"

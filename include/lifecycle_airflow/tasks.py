@@ -1,0 +1,99 @@
+"""Task callables: each builds the run's context from Airflow's and calls one core step.
+They return counts only (XCom); records are named by table and key in the report, never here."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from lifecycle_airflow import config
+
+
+@cache
+def _policy(path: str | None):
+    from lifecycle.policy import load_policy
+
+    return load_policy(path)
+
+
+@cache
+def _engine(url: str):
+    from lifecycle.store import make_engine
+
+    return make_engine(url)
+
+
+def run_context():
+    from airflow.sdk import get_current_context
+
+    from lifecycle.run import RunContext
+
+    context = get_current_context()
+    dag_run = context["dag_run"]
+    as_of = context.get("logical_date") or dag_run.run_after
+    return RunContext(
+        engine=_engine(config.app_database_url()),
+        policy=_policy(config.policy_path()),
+        as_of=as_of,
+        dag_id=dag_run.dag_id,
+        run_id=dag_run.run_id,
+        archive_uri=config.archive_uri(),
+        reports_dir=config.reports_dir(),
+        volume_approved=bool(context["params"].get("volume_approved", False)),
+    )
+
+
+def prepare_run() -> dict:
+    """Check the policy against the live database, create the pipeline's tables, open the run."""
+    from sqlalchemy.exc import OperationalError
+
+    from lifecycle.policy import validate_against_database
+    from lifecycle.reporting import start_run
+    from lifecycle.store import ensure_lifecycle_tables
+
+    run = run_context()
+    try:
+        validate_against_database(run.policy, run.engine)
+        ensure_lifecycle_tables(run.engine)
+    except OperationalError as error:
+        raise RuntimeError(
+            f"application database {run.engine.url.render_as_string(hide_password=True)} unreachable: "
+            f"{type(error.orig).__name__}"
+        ) from None
+    start_run(run)
+    return {"as_of": run.as_of.isoformat(), "policy_version": run.policy.version}
+
+
+def run_rule_step(rule_id: str, step_name: str) -> dict:
+    """One step of one rule. A failed gate or a refused erasure fails the task without retry."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from lifecycle.archive_store import ArchiveError
+    from lifecycle.erasing import ErasureRefused
+    from lifecycle.gates import GateFailed
+    from lifecycle.pipeline import run_step, steps_for
+
+    run = run_context()
+    rule = run.policy.rule(rule_id)
+    step = next(step for step in steps_for(rule) if step.name == step_name)
+    try:
+        return run_step(run, rule, step)
+    except (GateFailed, ErasureRefused, ArchiveError) as error:
+        raise AirflowFailException(str(error)) from None
+
+
+def report_run(purpose_id: str) -> dict:
+    """The run's report, written whatever happened to its rules (a teardown of the run)."""
+    from airflow.sdk import get_current_context
+
+    from lifecycle.pipeline import PURGE, steps_for
+    from lifecycle.reporting import finish_run
+
+    run = run_context()
+    purpose = next(p for p in run.policy.purposes if p.id == purpose_id)
+    task_instance = get_current_context()["ti"]
+    purges = {
+        rule.id: task_instance.xcom_pull(task_ids=f"{rule.id}.{PURGE.name}") or {}
+        for rule in purpose.rules
+        if PURGE in steps_for(rule)
+    }
+    return finish_run(run, list(purpose.rules), purges)
