@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 APP_SCHEMA_SQL = Path(__file__).resolve().parents[1] / "app_schema" / "app_schema.sql"
 
@@ -47,7 +47,8 @@ def app_schema_statements(dialect_name: str) -> list[str]:
 def create_app_schema(engine: Engine) -> None:
     with engine.begin() as connection:
         for statement in app_schema_statements(engine.dialect.name):
-            connection.exec_driver_sql(statement)
+            # text() escapes a "%" (say in a LIKE check) for the pyformat drivers; raw SQL would not.
+            connection.execute(text(statement))
 
 
 def drop_app_schema(engine: Engine) -> None:

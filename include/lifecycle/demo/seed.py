@@ -16,6 +16,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 
 from sqlalchemy import Boolean, Connection, Date, DateTime, Engine, column, insert, literal, select, table
+from sqlalchemy.types import TypeEngine
 
 from lifecycle.appschema import APP_TABLES
 
@@ -118,7 +119,7 @@ def _require_empty(connection: Connection) -> None:
             raise ValueError(f"seed_demo needs an empty application database; table {table_name} has rows")
 
 
-def _column_type(name: str):
+def _column_type(name: str) -> TypeEngine | None:
     # The schema's conventions: every *_at column is a TIMESTAMPTZ; these three are DATE; one BOOLEAN.
     if name.endswith("_at"):
         return DateTime()
