@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +16,10 @@ import pytest
 from sqlalchemy import URL, Engine, create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 
-# The `lifecycle` package lives in include/ (Airflow's layout) and is not installed in the venv.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
+from lifecycle.appschema import create_app_schema
 
-from lifecycle.appschema import create_app_schema  # noqa: E402
+# Sets up a throwaway Airflow home before anything imports Airflow (see airflow_fixtures.py).
+pytest_plugins = ["airflow_fixtures"]
 
 POSTGRESQL_USERS = ("postgres", "root")
 CONNECT_TIMEOUT_SECONDS = 5

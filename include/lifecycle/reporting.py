@@ -62,6 +62,10 @@ def rule_report(run: RunContext, rule: Rule) -> dict:
             ]
     for action in ("archived", "erased", "pseudonymised", "purged"):
         outcome[action] = sum(count for act, _, count in actions if act == action)
+    # A bundle rule's "erased" counts its own records (smicers); the rows erased with them apart.
+    own_erased = sum(count for act, table, count in actions if act == "erased" and table == rule.table)
+    outcome["erased_with_bundle"] = outcome["erased"] - own_erased
+    outcome["erased"] = own_erased
     outcome["by_table"] = {f"{act}:{table}": count for act, table, count in actions if table}
     outcome["batches"] = [
         {"key": key, "uri": uri, "rows": rows, "retain_until": str(until), "verified": verified is not None}
@@ -94,7 +98,7 @@ def finish_run(run: RunContext, rules: list[Rule], step_results: dict[str, dict]
     return _compact(report) | {"report": str(folder / "report.md")}
 
 
-COLUMNS = ("due", "held", "invalid", "archived", "erased", "pseudonymised", "purged")
+COLUMNS = ("due", "held", "invalid", "archived", "erased", "erased_with_bundle", "pseudonymised", "purged")
 
 
 def _compact(report: dict) -> dict:

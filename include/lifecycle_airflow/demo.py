@@ -18,10 +18,10 @@ from pathlib import Path
 from lifecycle.appschema import create_app_schema
 from lifecycle.demo.seed import seed_demo
 from lifecycle.policy import load_policy
+from lifecycle.reporting import COLUMNS
 from lifecycle.store import make_engine
 from lifecycle_airflow import config
 
-COLUMNS = ("due", "held", "invalid", "archived", "erased", "pseudonymised", "purged")
 
 
 def main(argv: list[str] | None = None) -> int:

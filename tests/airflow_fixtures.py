@@ -1,0 +1,51 @@
+"""Pytest plugin: a throwaway Airflow home and SQLite metadata DB for the whole test session.
+
+Load it from tests/conftest.py, before anything imports Airflow:
+``pytest_plugins = ["airflow_fixtures"]``. Airflow reads its configuration once, at import,
+so the environment is set in ``pytest_configure``; the ``airflow_home`` fixture creates the
+metadata DB's tables (``airflow db migrate``) the first time a test asks for it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from airflow_harness import DAGS_FOLDER, PROJECT
+
+_HOME = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if "airflow" in sys.modules:
+        raise pytest.UsageError("airflow_fixtures must be loaded before anything imports airflow")
+    home = config.stash[_HOME] = Path(tempfile.mkdtemp(prefix="airflow-home-"))
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW_CONFIG": str(PROJECT / "airflow.cfg"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "NO_COLOR": "1",  # plain text logs, whatever the terminal
+        }
+    )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _HOME in config.stash:
+        shutil.rmtree(config.stash[_HOME], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def airflow_home(pytestconfig: pytest.Config) -> Path:
+    """The session's AIRFLOW_HOME, its metadata DB migrated; logs go to its logs/ folder."""
+    from airflow.utils.db import upgradedb
+
+    upgradedb()
+    return pytestconfig.stash[_HOME]

@@ -1,0 +1,103 @@
+"""Every retention DAG run end to end through Airflow (dag.test) on a seeded application database,
+and no personal data in task logs, XCom, exceptions or reports."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from airflow_harness import run_dag, run_log, task_states, xcoms
+
+from lifecycle.appschema import create_app_schema
+from lifecycle.demo.seed import seed_demo
+from lifecycle.store import make_engine
+from tests.lifecycle_helpers import add
+
+AS_OF = datetime(2026, 11, 25, tzinfo=UTC)
+DAG_IDS = [
+    "retention_account_services", "retention_customers_prospects", "retention_newsletters",
+    "retention_information_requests", "retention_test_applications", "retention_rights_requests",
+    "retention_archive_expiry",
+]
+# Recognisable personal data, seeded where every kind of decision meets it.
+CANARIES = ("Zebulon", "Quintessenza", "zebulon.quintessenza@canary-pii.example", "+33 6 12 34 56 78",
+            "FR7630006000011234567890189", "17 rue des Canaris")
+
+
+@pytest.fixture
+def application(tmp_path, monkeypatch, airflow_home):
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    engine = make_engine(url)
+    create_app_schema(engine)
+    seed_demo(engine, AS_OF, size=200, seed=11, documents_dir=tmp_path / "documents")
+    _seed_canaries(engine)
+    monkeypatch.setenv("AIRFLOW_CONN_SMICE_APP", f"sqlite:///{tmp_path / 'app.db'}")
+    monkeypatch.setenv("LIFECYCLE_DATA_DIR", str(tmp_path / "data"))
+    yield engine
+    engine.dispose()
+
+
+def _seed_canaries(engine) -> None:
+    name, surname, email, phone, iban, street = CANARIES
+    person = {"first_name": name, "last_name": surname, "phone": phone}
+    closed = add(engine, "smicers", id=900001, email=email, iban=iban, postal_address=street,
+                 created_at=datetime(2021, 1, 1), last_login_at=datetime(2025, 1, 1),
+                 closed_at=datetime(2025, 2, 1), **person)
+    add(engine, "connection_logs", id=900002, smicer_id=closed, connected_at=datetime(2025, 1, 1),
+        user_agent=f"{name} {surname}'s browser")
+    add(engine, "prospects", id=900003, email=f" {email.upper()} ", created_at=datetime(2020, 1, 1), **person)
+    add(engine, "prospects", id=900004, email=email, created_at=datetime(2020, 1, 1),
+        last_contact_at=datetime(2027, 1, 1), **person)
+    add(engine, "contact_requests", id=900005, email=email, full_name=f"{name} {surname}",
+        message=f"Call me on {phone}", received_at=datetime(2021, 1, 1))
+    add(engine, "newsletter_subscriptions", id=900006, email=email, consented_at=datetime(2020, 1, 1),
+        withdrawn_at=datetime(2026, 1, 1))
+
+
+def test_every_retention_dag_runs_end_to_end_without_leaking_personal_data(application, tmp_path):
+    runs = {dag_id: run_dag(dag_id, AS_OF, retries=0) for dag_id in DAG_IDS}
+
+    for dag_id, (state, dag_run) in runs.items():
+        assert state == "success", (dag_id, task_states(dag_run))
+    reports = {path.parent.parent.name: json.loads(path.read_text())
+               for path in (tmp_path / "data" / "reports").glob("*/*/report.json")}
+    assert set(reports) == set(DAG_IDS)
+    outcomes = {o["rule"]: o for report in reports.values() for o in report["rules"]}
+    assert outcomes["account-closed"]["erased"] >= 1 and outcomes["account-closed"]["archived"] >= 1
+    assert outcomes["prospects"]["erased"] >= 1 and outcomes["prospects"]["invalid"] >= 1
+    assert not _exists(application, "smicers", 900001)
+    assert _exists(application, "prospects", 900004), "activity after as-of: invalid, kept"
+    assert len({report["policy_version"] for report in reports.values()}) == 1
+
+    leaks = []
+    for dag_id, (_, dag_run) in runs.items():
+        texts = {"log": run_log(dag_run), "xcom": json.dumps(xcoms(dag_run), default=str)}
+        leaks += [(dag_id, where, c) for where, text in texts.items() for c in CANARIES if c.lower() in text.lower()]
+    for path in (tmp_path / "data" / "reports").rglob("*"):
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            leaks += [(str(path), "report", c) for c in CANARIES if c.lower() in text.lower()]
+    assert leaks == []
+
+
+def test_a_failing_gate_fails_the_run_and_erases_nothing_of_that_rule(application, tmp_path):
+    with application.begin() as connection:
+        connection.exec_driver_sql("UPDATE connection_logs SET connected_at = '2020-01-01 00:00:00'")
+
+    state, dag_run = run_dag("retention_account_services", AS_OF, retries=0)
+
+    assert state == "failed"
+    states = task_states(dag_run)
+    assert states["connection-logs.gate"] == "failed"
+    assert states["connection-logs.erase"] == "upstream_failed"
+    assert states["report"] == "success"
+    with application.connect() as connection:
+        assert connection.exec_driver_sql("SELECT COUNT(*) FROM connection_logs").scalar() > 0
+    log = run_log(dag_run)
+    assert "connection-logs/candidates" in log and "expect_table_row_count_to_be_between" in log
+
+
+def _exists(engine, table: str, key: int) -> bool:
+    with engine.connect() as connection:
+        return connection.exec_driver_sql(f"SELECT COUNT(*) FROM {table} WHERE id = {int(key)}").scalar() == 1
