@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import DAG, CronTriggerTimetable, Param, TaskGroup, chain, task
+from airflow.sdk import DAG, CronTriggerTimetable, Param, TaskGroup, TriggerRule, chain, task
 
 from lifecycle.pipeline import steps_for
 from lifecycle.policy import Policy, Purpose
@@ -43,15 +43,27 @@ def build_dag(policy: Policy, purpose: Purpose) -> DAG:
     ) as dag:
         prepare = task(task_id="prepare", retries=1)(tasks.prepare_run)()
         report = task(task_id="report", retries=1)(tasks.report_run)(purpose.id)
+        outcome = task(task_id="outcome")(tasks.rules_succeeded)()
+        # Rules run one after the other, in policy order, each deciding on what the one before left;
+        # a rule that fails stops only itself (and every rule still needs `prepare` to have succeeded).
+        previous_rule_end = prepare
         for rule in purpose.rules:
+            after_another_rule = previous_rule_end is not prepare
             with TaskGroup(group_id=rule.id, tooltip=f"{rule.action} {rule.table or 'archive'}"):
                 steps = [
-                    task(task_id=step.name)(tasks.run_rule_step)(rule.id, step.name) for step in steps_for(rule)
+                    _step_task(rule.id, step.name, after_another_rule=after_another_rule and i == 0)
+                    for i, step in enumerate(steps_for(rule))
                 ]
-                chain(prepare, *steps, report)
-        # The report runs whatever happened, and the run's state is that of the rules.
+            chain(previous_rule_end, *steps, [report, outcome])
+            previous_rule_end = steps[-1]
+        # The report is written whatever happened; `outcome` fails the run when any rule failed.
         report.as_teardown(setups=prepare)
     return dag
+
+
+def _step_task(rule_id: str, step_name: str, *, after_another_rule: bool):
+    trigger_rule = TriggerRule.ALL_DONE if after_another_rule else TriggerRule.ALL_SUCCESS
+    return task(task_id=step_name, trigger_rule=trigger_rule)(tasks.run_rule_step)(rule_id, step_name)
 
 
 def purpose_doc(policy: Policy, purpose: Purpose) -> str:

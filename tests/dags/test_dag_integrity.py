@@ -46,6 +46,7 @@ def test_every_rule_has_its_steps_in_order(bag):
     for upstream, downstream in zip(chain, chain[1:]):
         assert f"account-closed.{upstream}" in dag.get_task(f"account-closed.{downstream}").upstream_task_ids
     assert dag.get_task("report").is_teardown
+    assert "account-closed.verify_erase" in dag.get_task("account-inactive.select").upstream_task_ids
 
 
 def test_parsing_imports_no_heavy_sdk():

@@ -92,6 +92,8 @@ def test_a_failing_gate_fails_the_run_and_erases_nothing_of_that_rule(applicatio
     assert states["connection-logs.gate"] == "failed"
     assert states["connection-logs.erase"] == "upstream_failed"
     assert states["report"] == "success"
+    assert states["browsing-events.verify_erase"] == "success", "a rule after the failed one still runs"
+    assert states["outcome"] == "upstream_failed"
     with application.connect() as connection:
         assert connection.exec_driver_sql("SELECT COUNT(*) FROM connection_logs").scalar() > 0
     log = run_log(dag_run)
