@@ -14,9 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from lifecycle.appschema import create_app_schema
+from lifecycle.archive_store import ArchiveError
+from lifecycle.erasing import ErasureRefused
 from lifecycle.gates import GateFailed
+from lifecycle.pipeline import ARCHIVE, ERASE, GATE, SELECT, VERIFY_ARCHIVE, run_step
 from lifecycle.store import ensure_lifecycle_tables, make_engine
-from tests.lifecycle_helpers import add, exists, run_rules, scalar, utc
+from tests.lifecycle_helpers import POLICY, add, exists, make_run, run_rules, scalar, utc
 
 AS_OF = utc(2026, 11, 25)
 
@@ -199,3 +202,44 @@ def test_a_run_killed_between_archive_and_erase_is_completed_by_the_next(engine,
     batches = scalar(engine, f"SELECT COUNT(*) FROM {lifecycle(engine, 'audit_events')} "
                              "WHERE action = 'erased' AND archive_batch IS NOT NULL")
     assert batches == 5, "smicer, 2 logs, 1 event, 1 application: each erased with its archive batch"
+
+
+def test_an_archive_that_cannot_be_written_stops_the_rule_before_any_erase(engine, tmp_path):
+    bundle = closed_smicer_with_bundle(engine)
+    (tmp_path / "archive").write_text("a file where the archive folder should be")
+
+    with pytest.raises(ArchiveError, match="cannot write"):
+        run_rules(engine, AS_OF, tmp_path, ["account-closed"])
+
+    assert exists(engine, "smicers", bundle["smicer"])
+    assert all(exists(engine, "connection_logs", log) for log in bundle["logs"])
+
+
+def test_a_corrupted_archive_part_fails_verification_and_nothing_is_erased(engine, tmp_path):
+    bundle = closed_smicer_with_bundle(engine)
+    run = make_run(engine, AS_OF, tmp_path)
+    rule = POLICY.rule("account-closed")
+    for step in (SELECT, GATE, ARCHIVE):
+        run_step(run, rule, step)
+    part = next((tmp_path / "archive").rglob("*.parquet"))
+    part.write_bytes(part.read_bytes()[:-10] + b"corrupted!")
+
+    with pytest.raises(GateFailed, match="account-closed/archive"):
+        run_step(run, rule, VERIFY_ARCHIVE)
+    with pytest.raises(ErasureRefused, match="no verified archive copy"):
+        run_step(run, rule, ERASE)
+    assert exists(engine, "smicers", bundle["smicer"])
+
+
+def test_a_malformed_timestamp_makes_the_record_invalid_not_erased(sqlite_url, tmp_path):
+    engine = make_engine(sqlite_url)
+    create_app_schema(engine)
+    ensure_lifecycle_tables(engine)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO prospects (id, email, created_at, last_contact_at) "
+            "VALUES (1, 'p@example.org', '2019-01-01 00:00:00', 'last spring')"
+        )
+    summary = run_rules(engine, AS_OF, tmp_path, ["prospects"])
+    assert summary["rules"]["prospects"]["invalid"] == 1
+    assert exists(engine, "prospects", 1)

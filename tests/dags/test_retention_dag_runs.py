@@ -103,3 +103,18 @@ def test_a_failing_gate_fails_the_run_and_erases_nothing_of_that_rule(applicatio
 def _exists(engine, table: str, key: int) -> bool:
     with engine.connect() as connection:
         return connection.exec_driver_sql(f"SELECT COUNT(*) FROM {table} WHERE id = {int(key)}").scalar() == 1
+
+
+def test_an_unreachable_database_fails_the_run_with_a_clear_message_and_no_password(
+    airflow_home, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("AIRFLOW_CONN_SMICE_APP", "postgresql://lifecycle:s3cret-pass@127.0.0.1:9/smice")
+    monkeypatch.setenv("LIFECYCLE_DATA_DIR", str(tmp_path / "data"))
+
+    state, dag_run = run_dag("retention_newsletters", AS_OF, retries=0)
+
+    assert state == "failed"
+    assert task_states(dag_run)["prepare"] == "failed"
+    log = run_log(dag_run)
+    assert "application database postgresql+psycopg2://lifecycle:***@127.0.0.1:9/smice unreachable" in log
+    assert "s3cret-pass" not in log
