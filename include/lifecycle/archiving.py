@@ -21,6 +21,10 @@ from lifecycle.sql import statement
 
 PART_ROWS = 500_000
 FORMAT_VERSION = 1
+AUDIT_COLUMNS = [
+    "recorded_at", "dag_id", "run_id", "rule", "action", "table_name", "record_key", "policy_version",
+    "archive_batch", "as_of",
+]
 
 
 @dataclass(frozen=True)
@@ -320,10 +324,4 @@ def _mark_verified(run: RunContext, rule: Rule, batch_keys: list[str]) -> None:
                 literal("archived"), records.c.table_name, records.c.record_key, literal(run.policy.version),
                 records.c.batch_key, literal(run.as_of_naive),
             ).where(and_(records.c.batch_key == batch_key))
-            connection.execute(
-                insert(audit).from_select(
-                    ["recorded_at", "dag_id", "run_id", "rule", "action", "table_name", "record_key",
-                     "policy_version", "archive_batch", "as_of"],
-                    events,
-                )
-            )
+            connection.execute(insert(audit).from_select(AUDIT_COLUMNS, events))

@@ -7,9 +7,9 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from sqlalchemy import insert, update
+from sqlalchemy import and_, insert, literal, select, update
 
-from lifecycle.archiving import due_key_pages, verified_archived_keys
+from lifecycle.archiving import AUDIT_COLUMNS, due_key_pages, verified_archived_keys
 from lifecycle.decide import DUE
 from lifecycle.policy import Rule
 from lifecycle.run import RunContext, now_utc_naive
@@ -58,8 +58,8 @@ class _Eraser:
                 erasable = self._erase_stored_files(connection, erasable)
             if erasable:
                 self._delete(connection, self.rule.table, spec.key, list(erasable))
-                self._audit(connection, "erased", self.rule.table, list(erasable), erasable)
                 self._mark(connection, list(erasable), "erased", None)
+                self._audit_erased_candidates(connection, list(erasable))
                 self.counts["erased"] += len(erasable)
 
     def erase_bundle(self, owner: int) -> None:
@@ -155,6 +155,24 @@ class _Eraser:
     def _delete(self, connection, table: str, column: str, keys: list[int]) -> None:
         query = statement(self.run.engine, "delete_rows.sql", expanding=("keys",), table=table, column=column)
         connection.execute(query, {"keys": keys})
+
+    def _audit_erased_candidates(self, connection, keys: list[int]) -> None:
+        """One audit event per erased record of the rule's table, written by the database itself."""
+        candidates, records, audit = self.run.tables.candidates, self.run.tables.archived_records, self.run.tables.audit_events
+        events = (
+            select(
+                literal(now_utc_naive()), literal(self.run.dag_id), literal(self.run.run_id), literal(self.rule.id),
+                literal("erased"), literal(self.rule.table), candidates.c.record_key,
+                literal(self.run.policy.version), records.c.batch_key, literal(self.run.as_of_naive),
+            )
+            .select_from(candidates)
+            .outerjoin(
+                records,
+                and_(records.c.table_name == self.rule.table, records.c.record_key == candidates.c.record_key),
+            )
+            .where(candidates.c.selection_id == self.selection_id, candidates.c.record_key.in_(keys))
+        )
+        connection.execute(insert(audit).from_select(AUDIT_COLUMNS, events))
 
     def _audit(self, connection, action: str, table: str, keys: list[int], batches: dict) -> None:
         recorded_at = now_utc_naive()
