@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,13 +11,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from sqlalchemy import insert
 
 from lifecycle.appschema import create_app_schema
 from lifecycle.archive_store import ArchiveError
 from lifecycle.erasing import ErasureRefused
 from lifecycle.gates import GateFailed
 from lifecycle.pipeline import ARCHIVE, ERASE, GATE, SELECT, VERIFY_ARCHIVE, run_step
-from lifecycle.store import ensure_lifecycle_tables, make_engine
+from lifecycle.store import ensure_lifecycle_tables, lifecycle_tables, make_engine
 from tests.lifecycle_helpers import POLICY, add, exists, make_run, run_rules, scalar, utc
 
 AS_OF = utc(2026, 11, 25)
@@ -243,3 +243,38 @@ def test_a_malformed_timestamp_makes_the_record_invalid_not_erased(sqlite_url, t
     summary = run_rules(engine, AS_OF, tmp_path, ["prospects"])
     assert summary["rules"]["prospects"]["invalid"] == 1
     assert exists(engine, "prospects", 1)
+
+
+def test_archive_expiry_purges_due_batches_whole_and_keeps_held_and_later_ones(engine, tmp_path):
+    for email, closed_at in (("expired@example.org", datetime(2021, 12, 1)),
+                             ("later@example.org", datetime(2022, 6, 1)),
+                             ("held@example.org", datetime(2021, 12, 2))):
+        smicer = add(engine, "smicers", email=email, created_at=datetime(2020, 1, 1), closed_at=closed_at)
+        add(engine, "connection_logs", smicer_id=smicer, connected_at=datetime(2021, 11, 1))
+    run_rules(engine, utc(2022, 7, 1), tmp_path, ["account-closed"], run_id="archived")
+    add(engine, "rights_requests", email=" HELD@example.org", kind="restriction", status="open")
+    manifests = {json.loads(p.read_text())["retain_until"]: p.parent for p in (tmp_path / "archive").rglob("manifest.json")}
+    assert sorted(manifests) == ["2026-12-01", "2026-12-02", "2027-06-01"]
+
+    run_rules(engine, utc(2026, 12, 2), tmp_path, ["archive-expiry"], run_id="expiry")
+
+    remaining = {json.loads(p.read_text())["retain_until"] for p in (tmp_path / "archive").rglob("manifest.json")}
+    assert remaining == {"2026-12-02", "2027-06-01"}, "due purged; held and not yet due kept"
+    assert not manifests["2026-12-01"].exists()
+    purged = scalar(engine, f"SELECT COUNT(*) FROM {lifecycle(engine, 'audit_events')} WHERE action = 'purged'")
+    assert purged == 2, "the smicers and the connection logs batches of 2026-12-01"
+
+
+def test_a_legal_hold_on_one_row_of_a_bundle_keeps_the_whole_bundle(engine, tmp_path):
+    bundle = closed_smicer_with_bundle(engine)
+    with engine.begin() as connection:
+        connection.execute(
+            insert(lifecycle_tables(engine).legal_holds).values(
+                table_name="connection_logs", record_key=bundle["logs"][0], reason="litigation",
+                created_at=datetime(2026, 1, 1),
+            )
+        )
+    summary = run_rules(engine, AS_OF, tmp_path, ["account-closed"])
+    assert exists(engine, "smicers", bundle["smicer"])
+    assert all(exists(engine, "connection_logs", log) for log in bundle["logs"])
+    assert summary["rules"]["account-closed"]["erased"] == 0

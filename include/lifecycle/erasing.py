@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from sqlalchemy import and_, insert, literal, select, update
+from sqlalchemy import and_, func, insert, literal, or_, select, update
 
 from lifecycle.archiving import AUDIT_COLUMNS, due_key_pages, verified_archived_keys
 from lifecycle.decide import DUE
@@ -71,6 +71,9 @@ class _Eraser:
             if not self._still_erasable(connection, [owner]):
                 return
             members = {m.table: self._member_keys(connection, m.table, m.link, owner) for m in bundle.members}
+            if self._legally_held(connection, members):
+                self._skip(connection, owner, "legal hold on a row of the bundle")
+                return
             batches: dict[tuple[str, int], str | None] = {(bundle.root, owner): self._archived[owner]}
             if self._needs_archive(owner):
                 for member in bundle.members:
@@ -121,6 +124,14 @@ class _Eraser:
             else:
                 erasable[key] = archived.get(key)
         return erasable
+
+    def _legally_held(self, connection, rows: dict[str, list[int]]) -> bool:
+        holds = self.run.tables.legal_holds
+        held = or_(*(and_(holds.c.table_name == table, holds.c.record_key.in_(keys)) for table, keys in rows.items() if keys))
+        query = select(func.count()).where(
+            holds.c.lifted_at.is_(None), or_(holds.c.until.is_(None), holds.c.until > self.run.today), held
+        )
+        return any(rows.values()) and connection.execute(query).scalar_one() > 0
 
     def _needs_archive(self, key: int) -> bool:
         return self._archive_needed.get(key, False)
