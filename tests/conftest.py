@@ -17,9 +17,11 @@ from sqlalchemy import URL, Engine, create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 
 from lifecycle.appschema import create_app_schema
+from lifecycle.store import ensure_lifecycle_tables, make_engine
 
-# Sets up a throwaway Airflow home before anything imports Airflow (see airflow_fixtures.py).
-pytest_plugins = ["airflow_fixtures"]
+# Sets up a throwaway Airflow home before anything imports Airflow (see airflow_fixtures.py);
+# s3_fixtures.py starts moto's S3 server for the tests that ask for it.
+pytest_plugins = ["airflow_fixtures", "s3_fixtures"]
 
 POSTGRESQL_USERS = ("postgres", "root")
 CONNECT_TIMEOUT_SECONDS = 5
@@ -183,5 +185,15 @@ def app_engine(db_url: str) -> Iterator[Engine]:
     """An engine on `db_url` with the application schema created."""
     engine = create_engine(make_url(db_url))
     create_app_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """An engine as the pipeline makes it, on `db_url`, with the application schema and the pipeline's tables."""
+    engine = make_engine(db_url)
+    create_app_schema(engine)
+    ensure_lifecycle_tables(engine)
     yield engine
     engine.dispose()

@@ -7,8 +7,6 @@ from datetime import date, datetime, timedelta
 import pytest
 from dateutil.relativedelta import relativedelta
 
-from lifecycle.appschema import create_app_schema
-from lifecycle.store import ensure_lifecycle_tables, make_engine
 from tests.lifecycle_helpers import add, exists, run_rules, scalar, utc
 
 DUE_AT = utc(2026, 3, 1, 12, 30, 15)
@@ -16,17 +14,9 @@ MIDNIGHT_DUE_AT = utc(2026, 3, 1)
 ONE_SECOND = timedelta(seconds=1)
 
 
-@pytest.fixture
-def engine(db_url):
-    engine = make_engine(db_url)
-    create_app_schema(engine)
-    ensure_lifecycle_tables(engine)
-    yield engine
-    engine.dispose()
-
-
 def _smicer(engine, **values):
-    return add(engine, "smicers", **{"created_at": datetime(2019, 1, 1), "last_login_at": datetime(2019, 6, 1)} | values)
+    defaults = {"created_at": datetime(2019, 1, 1), "last_login_at": datetime(2019, 6, 1)}
+    return add(engine, "smicers", **defaults | values)
 
 
 def _closed_smicer(engine):
@@ -34,7 +24,8 @@ def _closed_smicer(engine):
 
 
 def _connection_log(engine):
-    return "connection_logs", add(engine, "connection_logs", smicer_id=_smicer(engine), connected_at=DUE_AT - relativedelta(years=1)), DUE_AT
+    key = add(engine, "connection_logs", smicer_id=_smicer(engine), connected_at=DUE_AT - relativedelta(years=1))
+    return "connection_logs", key, DUE_AT
 
 
 def _browsing_event(engine):
@@ -61,7 +52,8 @@ def _quiet_subscription(engine):
 
 
 def _info_request(engine):
-    key = add(engine, "contact_requests", received_at=datetime(2020, 1, 1), last_contact_at=DUE_AT - relativedelta(years=3))
+    key = add(engine, "contact_requests", received_at=datetime(2020, 1, 1),
+              last_contact_at=DUE_AT - relativedelta(years=3))
     return "contact_requests", key, DUE_AT
 
 
@@ -83,7 +75,8 @@ def _identity_document(engine):
 
 
 def _objection(engine):
-    return "prospecting_objections", add(engine, "prospecting_objections", objected_at=DUE_AT - relativedelta(years=3)), DUE_AT
+    key = add(engine, "prospecting_objections", objected_at=DUE_AT - relativedelta(years=3))
+    return "prospecting_objections", key, DUE_AT
 
 
 BOUNDARY_CASES = {

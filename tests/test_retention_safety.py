@@ -24,15 +24,6 @@ from tests.lifecycle_helpers import POLICY, add, exists, make_run, run_rules, sc
 AS_OF = utc(2026, 11, 25)
 
 
-@pytest.fixture
-def engine(db_url):
-    engine = make_engine(db_url)
-    create_app_schema(engine)
-    ensure_lifecycle_tables(engine)
-    yield engine
-    engine.dispose()
-
-
 def lifecycle(engine, name: str) -> str:
     return f"lifecycle.{name}" if engine.dialect.name == "postgresql" else f"lifecycle_{name}"
 
@@ -253,7 +244,8 @@ def test_archive_expiry_purges_due_batches_whole_and_keeps_held_and_later_ones(e
         add(engine, "connection_logs", smicer_id=smicer, connected_at=datetime(2021, 11, 1))
     run_rules(engine, utc(2022, 7, 1), tmp_path, ["account-closed"], run_id="archived")
     add(engine, "rights_requests", email=" HELD@example.org", kind="restriction", status="open")
-    manifests = {json.loads(p.read_text())["retain_until"]: p.parent for p in (tmp_path / "archive").rglob("manifest.json")}
+    manifest_paths = (tmp_path / "archive").rglob("manifest.json")
+    manifests = {json.loads(p.read_text())["retain_until"]: p.parent for p in manifest_paths}
     assert sorted(manifests) == ["2026-12-01", "2026-12-02", "2027-06-01"]
 
     run_rules(engine, utc(2026, 12, 2), tmp_path, ["archive-expiry"], run_id="expiry")
