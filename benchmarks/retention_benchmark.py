@@ -115,7 +115,8 @@ def _baseline(url: str) -> int:
     engine = create_engine(url)
     with engine.begin() as connection:
         return connection.execute(
-            text("DELETE FROM connection_logs WHERE connected_at <= :cutoff"), {"cutoff": datetime(2025, 11, 25, tzinfo=UTC)}
+            text("DELETE FROM connection_logs WHERE connected_at <= :cutoff"),
+            {"cutoff": datetime(2025, 11, 25, tzinfo=UTC)},
         ).rowcount
 
 
@@ -124,7 +125,8 @@ def _naive(url: str) -> int:
 
     engine = create_engine(url)
     frame = pd.read_sql(
-        text("SELECT * FROM connection_logs WHERE connected_at <= :cutoff"), engine,
+        text("SELECT * FROM connection_logs WHERE connected_at <= :cutoff"),
+        engine,
         params={"cutoff": datetime(2025, 11, 25, tzinfo=UTC)},
     )
     with engine.begin() as connection:
@@ -144,8 +146,13 @@ def _pipeline(rule_id: str):
         policy = load_policy()
         with TemporaryDirectory() as scratch:
             run = RunContext(
-                engine=engine, policy=policy, as_of=AS_OF, dag_id="benchmark", run_id=rule_id,
-                archive_uri=(Path(scratch) / "archive").as_uri(), reports_dir=Path(scratch) / "reports",
+                engine=engine,
+                policy=policy,
+                as_of=AS_OF,
+                dag_id="benchmark",
+                run_id=rule_id,
+                archive_uri=(Path(scratch) / "archive").as_uri(),
+                reports_dir=Path(scratch) / "reports",
                 volume_approved=True,
             )
             results = run_rule(run, policy.rule(rule_id))
@@ -168,8 +175,10 @@ def _print(results: dict, rows: int, due: int) -> None:
     print(f"{'approach':<18}{'rows':>9}{'seconds':>10}{'rows/s':>10}{'x baseline':>12}{'peak MB':>9}")
     for approach, figures in results.items():
         speed = figures["rows"] / figures["seconds"]
-        print(f"{approach:<18}{figures['rows']:>9}{figures['seconds']:>10.1f}{speed:>10.0f}"
-              f"{speed / base:>12.3f}{figures['peak_mb']:>9.0f}")
+        print(
+            f"{approach:<18}{figures['rows']:>9}{figures['seconds']:>10.1f}{speed:>10.0f}"
+            f"{speed / base:>12.3f}{figures['peak_mb']:>9.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from airflow_harness import DAGS_FOLDER, PROJECT
 
 _HOME = pytest.StashKey[Path]()

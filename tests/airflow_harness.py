@@ -86,9 +86,7 @@ def task_states(dag_run: DagRun) -> dict[str, str | None]:
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    query = select(TI.task_id, TI.map_index, TI.state).where(
-        TI.dag_id == dag_run.dag_id, TI.run_id == dag_run.run_id
-    )
+    query = select(TI.task_id, TI.map_index, TI.state).where(TI.dag_id == dag_run.dag_id, TI.run_id == dag_run.run_id)
     with create_session() as session:
         return {_key(task_id, i): state for task_id, i, state in session.execute(query)}
 

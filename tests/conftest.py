@@ -20,14 +20,12 @@ from lifecycle.appschema import create_app_schema
 from lifecycle.store import ensure_lifecycle_tables, make_engine
 
 # Sets up a throwaway Airflow home before anything imports Airflow (see airflow_fixtures.py);
-# s3_fixtures.py starts moto's S3 server for the tests that ask for it.
-pytest_plugins = ["airflow_fixtures", "s3_fixtures"]
+# s3_fixtures.py starts moto's S3 server, smtp_fixtures.py an SMTP server, for the tests that ask.
+pytest_plugins = ["airflow_fixtures", "s3_fixtures", "smtp_fixtures"]
 
 POSTGRESQL_USERS = ("postgres", "root")
 CONNECT_TIMEOUT_SECONDS = 5
-USER_SCHEMAS = (
-    "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'"
-)
+USER_SCHEMAS = "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'"
 
 
 @dataclass(frozen=True)
@@ -45,8 +43,9 @@ POSTGRESQL = DatabaseServer(
 )
 MARIADB = DatabaseServer(
     "MariaDB",
-    URL.create("mysql+pymysql", username="root", password="", host="127.0.0.1", port=3306,
-               query={"charset": "utf8mb4"}),
+    URL.create(
+        "mysql+pymysql", username="root", password="", host="127.0.0.1", port=3306, query={"charset": "utf8mb4"}
+    ),
 )
 
 
@@ -58,9 +57,7 @@ def _unreachable(server: DatabaseServer, error: Exception) -> None:
 
 
 def _admin_engine(url: URL) -> Engine:
-    return create_engine(
-        url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS}
-    )
+    return create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS})
 
 
 def _connect_postgresql_admin() -> Engine:
@@ -193,6 +190,16 @@ def app_engine(db_url: str) -> Iterator[Engine]:
 def engine(db_url: str) -> Iterator[Engine]:
     """An engine as the pipeline makes it, on `db_url`, with the application schema and the pipeline's tables."""
     engine = make_engine(db_url)
+    create_app_schema(engine)
+    ensure_lifecycle_tables(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
+    """The same on SQLite only, for tests whose subject is not the database."""
+    engine = make_engine(sqlite_url)
     create_app_schema(engine)
     ensure_lifecycle_tables(engine)
     yield engine

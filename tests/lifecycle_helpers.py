@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import column, insert, table, text
 
+from lifecycle.mail import OutboxMailer
 from lifecycle.pipeline import run_rule
 from lifecycle.policy import load_policy
 from lifecycle.reporting import finish_run, start_run
@@ -17,23 +18,36 @@ POLICY = load_policy()
 _ids = itertools.count(1)
 
 DEFAULTS = {
-    "smicers": lambda: {"email": f"smicer{next(_ids)}@example.org", "first_name": "Test", "locale": "fr",
-                        "created_at": datetime(2020, 1, 1)},
+    "smicers": lambda: {
+        "email": f"smicer{next(_ids)}@example.org",
+        "first_name": "Test",
+        "locale": "fr",
+        "created_at": datetime(2020, 1, 1),
+    },
     "connection_logs": lambda: {"ip_address": "192.0.2.1", "user_agent": "test", "succeeded": True},
     "browsing_events": lambda: {"page": "/", "browser": "test", "os": "test"},
     "clients": lambda: {"company_name": "Client", "contract_start": date(2019, 1, 1)},
     "client_contacts": lambda: {"email": f"contact{next(_ids)}@example.org"},
     "missions": lambda: {"store_name": "Store", "visited_at": datetime(2021, 1, 1), "reward_cents": 1500},
     "prospects": lambda: {"email": f"prospect{next(_ids)}@example.org", "created_at": datetime(2020, 1, 1)},
-    "newsletter_subscriptions": lambda: {"email": f"news{next(_ids)}@example.org", "audience": "prospect",
-                                         "consented_at": datetime(2020, 1, 1)},
+    "newsletter_subscriptions": lambda: {
+        "email": f"news{next(_ids)}@example.org",
+        "audience": "prospect",
+        "consented_at": datetime(2020, 1, 1),
+    },
     "contact_requests": lambda: {"email": f"request{next(_ids)}@example.org", "received_at": datetime(2020, 1, 1)},
     "test_applications": lambda: {"test_date": date(2021, 1, 1), "decision": "pending"},
-    "rights_requests": lambda: {"email": f"rights{next(_ids)}@example.org", "kind": "access", "status": "open",
-                                "received_at": datetime(2020, 1, 1)},
+    "rights_requests": lambda: {
+        "email": f"rights{next(_ids)}@example.org",
+        "kind": "access",
+        "status": "open",
+        "received_at": datetime(2020, 1, 1),
+    },
     "identity_documents": lambda: {"storage_uri": "file:///nonexistent/scan.pdf", "uploaded_at": datetime(2020, 1, 1)},
-    "prospecting_objections": lambda: {"email": f"objection{next(_ids)}@example.org",
-                                       "objected_at": datetime(2020, 1, 1)},
+    "prospecting_objections": lambda: {
+        "email": f"objection{next(_ids)}@example.org",
+        "objected_at": datetime(2020, 1, 1),
+    },
 }
 
 
@@ -55,13 +69,33 @@ def utc(*parts) -> datetime:
     return datetime(*parts, tzinfo=UTC)
 
 
-def make_run(engine, as_of: datetime, tmp_path: Path, *, dag_id: str = "test_dag", run_id: str | None = None,
-             volume_approved: bool = False) -> RunContext:
+def make_run(
+    engine,
+    as_of: datetime,
+    tmp_path: Path,
+    *,
+    dag_id: str = "test_dag",
+    run_id: str | None = None,
+    volume_approved: bool = False,
+    archive_uri: str | None = None,
+    s3_options=None,
+    mailer=None,
+    **notices,
+) -> RunContext:
+    """A run archiving into tmp_path/archive, or into `archive_uri` (with `s3_options` for s3://);
+    its notices go to the outbox tmp_path/outbox unless another mailer is given."""
     return RunContext(
-        engine=engine, policy=POLICY, as_of=as_of, dag_id=dag_id,
+        engine=engine,
+        policy=POLICY,
+        as_of=as_of,
+        dag_id=dag_id,
         run_id=run_id or f"test__{as_of:%Y%m%dT%H%M%S}",
-        archive_uri=(tmp_path / "archive").as_uri(), reports_dir=tmp_path / "reports",
+        archive_uri=archive_uri or (tmp_path / "archive").as_uri(),
+        reports_dir=tmp_path / "reports",
         volume_approved=volume_approved,
+        s3_options=s3_options,
+        mailer=mailer or OutboxMailer(tmp_path / "outbox"),
+        **notices,
     )
 
 

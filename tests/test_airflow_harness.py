@@ -1,6 +1,7 @@
 """The harness itself, on throwaway DAGs written to a temporary dags folder."""
 
 import pytest
+
 from airflow_harness import airflow_cli, dag_bag, run_dag, run_log, task_logs, task_states, xcoms
 
 pytest_plugins = ["airflow_fixtures"]

@@ -32,10 +32,12 @@ RULE_CANDIDATES = {
         " AND (last_login_at IS NULL OR last_login_at <= :two_years_before)",
     ),
     "connection-logs": (
-        "connection_logs", "SELECT COUNT(*) FROM connection_logs WHERE connected_at <= :one_year_before"
+        "connection_logs",
+        "SELECT COUNT(*) FROM connection_logs WHERE connected_at <= :one_year_before",
     ),
     "browsing-events": (
-        "browsing_events", "SELECT COUNT(*) FROM browsing_events WHERE occurred_at <= :one_year_before"
+        "browsing_events",
+        "SELECT COUNT(*) FROM browsing_events WHERE occurred_at <= :one_year_before",
     ),
     "client-contacts": (
         "client_contacts",
@@ -53,8 +55,7 @@ RULE_CANDIDATES = {
     ),
     "info-requests": (
         "contact_requests",
-        "SELECT COUNT(*) FROM contact_requests"
-        " WHERE COALESCE(last_contact_at, received_at) <= :three_years_before",
+        "SELECT COUNT(*) FROM contact_requests WHERE COALESCE(last_contact_at, received_at) <= :three_years_before",
     ),
     "applications-rejected": (
         "test_applications",
@@ -210,16 +211,15 @@ def test_invalid_records_are_the_deliberate_ones(seeded_engine: Engine):
     for table_name in APP_TABLES:
         for timestamp in inspect(seeded_engine).get_columns(table_name):
             if timestamp["name"].endswith("_at"):
-                later += _count(
-                    seeded_engine, f"SELECT COUNT(*) FROM {table_name} WHERE {timestamp['name']} > :as_of"
-                )
+                later += _count(seeded_engine, f"SELECT COUNT(*) FROM {table_name} WHERE {timestamp['name']} > :as_of")
     assert later == 2  # the prospect contacted after as-of and the connection after as-of
 
 
 def test_one_open_restriction_holds_a_closed_smicer(seeded_engine: Engine):
-    assert _count(
-        seeded_engine, "SELECT COUNT(*) FROM rights_requests WHERE kind = 'restriction' AND status = 'open'"
-    ) == 1
+    assert (
+        _count(seeded_engine, "SELECT COUNT(*) FROM rights_requests WHERE kind = 'restriction' AND status = 'open'")
+        == 1
+    )
     with seeded_engine.connect() as connection:
         matches = connection.execute(text(RESTRICTED_CLOSED_SMICERS)).all()
     assert len(matches) == 1

@@ -19,12 +19,19 @@ SEEDED_EMAIL = "zelda.quixote@example.org"
 SEEDED_FRAGMENT = "zelda"  # no part of the seeded e-mail address may leak
 
 CANDIDATES = [
-    {"record_key": "P-1", "email": SEEDED_EMAIL, "anchor_epoch": AS_OF - 400 * DAY,
-     "due_epoch": AS_OF - 35 * DAY},
-    {"record_key": "P-2", "email": "olaf.umber@example.org", "anchor_epoch": AS_OF - 380 * DAY,
-     "due_epoch": AS_OF - 15 * DAY},
-    {"record_key": "P-3", "email": "ines.vale@example.org", "anchor_epoch": AS_OF - 366 * DAY,
-     "due_epoch": AS_OF - 1 * DAY},
+    {"record_key": "P-1", "email": SEEDED_EMAIL, "anchor_epoch": AS_OF - 400 * DAY, "due_epoch": AS_OF - 35 * DAY},
+    {
+        "record_key": "P-2",
+        "email": "olaf.umber@example.org",
+        "anchor_epoch": AS_OF - 380 * DAY,
+        "due_epoch": AS_OF - 15 * DAY,
+    },
+    {
+        "record_key": "P-3",
+        "email": "ines.vale@example.org",
+        "anchor_epoch": AS_OF - 366 * DAY,
+        "due_epoch": AS_OF - 1 * DAY,
+    },
 ]
 QUERY = "SELECT record_key, email, anchor_epoch, due_epoch, due_epoch AS due_copy FROM gate_candidates"
 EMPTY_QUERY = f"{QUERY} WHERE due_epoch < 0"
@@ -36,12 +43,17 @@ PASSING = [
     {"type": "expect_column_values_to_be_between", "column": "due_epoch", "max_value": AS_OF},
     {"type": "expect_table_row_count_to_be_between", "max_value": 120},
     {"type": "expect_column_pair_values_to_be_equal", "column_A": "due_epoch", "column_B": "due_copy"},
-    {"type": "expect_column_pair_values_a_to_be_greater_than_b",
-     "column_A": "due_epoch", "column_B": "anchor_epoch", "or_equal": True},
+    {
+        "type": "expect_column_pair_values_a_to_be_greater_than_b",
+        "column_A": "due_epoch",
+        "column_B": "anchor_epoch",
+        "or_equal": True,
+    },
 ]
 
 candidates_table = Table(
-    "gate_candidates", MetaData(),
+    "gate_candidates",
+    MetaData(),
     Column("record_key", String(32), nullable=False),
     Column("email", String(255)),
     Column("anchor_epoch", BigInteger),
@@ -73,8 +85,7 @@ def _assert_value_free(text_: str) -> None:
 def test_passing_gate_returns_summary_and_writes_value_free_artifact(candidates_url, tmp_path):
     artifact = tmp_path / "gates" / "candidates.json"
 
-    summary = validate_sql(candidates_url, QUERY, PASSING, gate="prospects/candidates",
-                           artifact_path=artifact)
+    summary = validate_sql(candidates_url, QUERY, PASSING, gate="prospects/candidates", artifact_path=artifact)
 
     assert summary["gate"] == "prospects/candidates"
     assert summary["success"] is True
@@ -97,8 +108,11 @@ def test_duplicate_key_fails_naming_expectation_column_and_counts_without_values
         # These three fail on the e-mail column itself: GX would normally report the offending values.
         {"type": "expect_column_values_to_be_unique", "column": "email"},
         {"type": "expect_column_values_to_be_in_set", "column": "email", "value_set": ["nobody@example.org"]},
-        {"type": "expect_column_most_common_value_to_be_in_set", "column": "email",
-         "value_set": ["nobody@example.org"]},
+        {
+            "type": "expect_column_most_common_value_to_be_in_set",
+            "column": "email",
+            "value_set": ["nobody@example.org"],
+        },
     ]
 
     with pytest.raises(GateFailed) as raised:
@@ -107,8 +121,12 @@ def test_duplicate_key_fails_naming_expectation_column_and_counts_without_values
     error = raised.value
     assert error.gate == "prospects/candidates"
     assert error.failures[0] == {
-        "expectation": "expect_column_values_to_be_unique", "column": "record_key",
-        "observed_value": None, "element_count": 4, "unexpected_count": 2, "error": None,
+        "expectation": "expect_column_values_to_be_unique",
+        "column": "record_key",
+        "observed_value": None,
+        "element_count": 4,
+        "unexpected_count": 2,
+        "error": None,
     }
     assert [failure["column"] for failure in error.failures] == ["record_key", "email", "email", "email"]
     message = str(error)
@@ -134,8 +152,9 @@ def test_row_count_ceiling_exceeded_fails(candidates_url):
 def test_empty_result_passes_column_expectations_and_row_count_bounds(candidates_url, tmp_path):
     expectations = [*PASSING, {"type": "expect_table_row_count_to_equal", "value": 0}]
 
-    summary = validate_sql(candidates_url, EMPTY_QUERY, expectations, gate="prospects/candidates",
-                           artifact_path=tmp_path / "empty.json")
+    summary = validate_sql(
+        candidates_url, EMPTY_QUERY, expectations, gate="prospects/candidates", artifact_path=tmp_path / "empty.json"
+    )
 
     assert summary["success"] is True
     assert summary["row_count"] == 0
@@ -152,9 +171,13 @@ def test_empty_result_still_fails_a_row_count_floor(candidates_url):
 
 def test_missing_column_fails_with_the_error(candidates_url):
     with pytest.raises(GateFailed, match=r"expect_column_values_to_not_be_null\(no_such_column\): error: "):
-        validate_sql(candidates_url, QUERY, [{"type": "expect_column_values_to_not_be_null",
-                                               "column": "no_such_column"}],
-                     gate="prospects/candidates", artifact_path=None)
+        validate_sql(
+            candidates_url,
+            QUERY,
+            [{"type": "expect_column_values_to_not_be_null", "column": "no_such_column"}],
+            gate="prospects/candidates",
+            artifact_path=None,
+        )
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
@@ -164,8 +187,9 @@ def test_database_error_fails_without_the_value_it_quotes(candidates_url, tmp_pa
     not_null = [{"type": "expect_column_values_to_not_be_null", "column": "email_number"}]
 
     with pytest.raises(GateFailed, match="invalid input syntax for type bigint") as raised:
-        validate_sql(candidates_url, query, not_null, gate="prospects/candidates",
-                     artifact_path=tmp_path / "error.json")
+        validate_sql(
+            candidates_url, query, not_null, gate="prospects/candidates", artifact_path=tmp_path / "error.json"
+        )
 
     for text_ in (str(raised.value), (tmp_path / "error.json").read_text()):
         assert not any(candidate["email"] in text_ for candidate in CANDIDATES)
@@ -174,9 +198,8 @@ def test_database_error_fails_without_the_value_it_quotes(candidates_url, tmp_pa
 
 OTHER_SESSIONS = {
     "postgresql": "SELECT count(*) FROM pg_stat_activity"
-                  " WHERE datname = current_database() AND pid <> pg_backend_pid()",
-    "mysql": "SELECT count(*) FROM information_schema.processlist"
-             " WHERE db = DATABASE() AND id <> CONNECTION_ID()",
+    " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    "mysql": "SELECT count(*) FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()",
 }
 
 
@@ -202,16 +225,14 @@ def test_gate_reads_a_sqlite_file_replaced_at_the_same_path(sqlite_url):
 
 def test_unknown_expectation_type_is_a_value_error():
     with pytest.raises(ValueError, match="expect_nothing_at_all"):
-        validate_frame(pd.DataFrame({"n": [1]}), [{"type": "expect_nothing_at_all"}], gate="g",
-                       artifact_path=None)
+        validate_frame(pd.DataFrame({"n": [1]}), [{"type": "expect_nothing_at_all"}], gate="g", artifact_path=None)
 
 
 def test_validate_frame_passes_and_fails(tmp_path):
-    batches = pd.DataFrame(
-        {"candidate_rows": [3, 5], "manifest_rows": [3, 5], "email": [SEEDED_EMAIL, "x@y.z"]}
-    )
-    pair = [{"type": "expect_column_pair_values_to_be_equal", "column_A": "candidate_rows",
-             "column_B": "manifest_rows"}]
+    batches = pd.DataFrame({"candidate_rows": [3, 5], "manifest_rows": [3, 5], "email": [SEEDED_EMAIL, "x@y.z"]})
+    pair = [
+        {"type": "expect_column_pair_values_to_be_equal", "column_A": "candidate_rows", "column_B": "manifest_rows"}
+    ]
 
     summary = validate_frame(batches, pair, gate="prospects/archive", artifact_path=tmp_path / "ok.json")
     assert summary["success"] is True and summary["row_count"] == 2
@@ -219,10 +240,10 @@ def test_validate_frame_passes_and_fails(tmp_path):
     batches.loc[1, "manifest_rows"] = 4
     in_set = [{"type": "expect_column_values_to_be_in_set", "column": "email", "value_set": ["x@y.z"]}]
     with pytest.raises(GateFailed) as raised:
-        validate_frame(batches, [*pair, *in_set], gate="prospects/archive",
-                       artifact_path=tmp_path / "bad.json")
+        validate_frame(batches, [*pair, *in_set], gate="prospects/archive", artifact_path=tmp_path / "bad.json")
     assert [(f["column"], f["unexpected_count"]) for f in raised.value.failures] == [
-        ("candidate_rows,manifest_rows", 1), ("email", 1),
+        ("candidate_rows,manifest_rows", 1),
+        ("email", 1),
     ]
     _assert_value_free(str(raised.value))
     _assert_value_free((tmp_path / "bad.json").read_text())
@@ -242,15 +263,20 @@ def test_column_max_of_only_nulls_fails_when_rows_exist():
     nulls = pd.DataFrame({"due_epoch": pd.Series([None, None], dtype="float64")})
 
     with pytest.raises(GateFailed):
-        validate_frame(nulls, [{"type": "expect_column_max_to_be_between", "column": "due_epoch",
-                                "max_value": AS_OF}], gate="g", artifact_path=None)
+        validate_frame(
+            nulls,
+            [{"type": "expect_column_max_to_be_between", "column": "due_epoch", "max_value": AS_OF}],
+            gate="g",
+            artifact_path=None,
+        )
 
 
 def test_importing_gates_leaves_great_expectations_unloaded():
     include = Path(__file__).resolve().parents[1] / "include"
     probe = "import sys, lifecycle.gates; print('great_expectations' in sys.modules)"
 
-    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                            env={"PYTHONPATH": str(include)}).stdout.strip()
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env={"PYTHONPATH": str(include)}
+    ).stdout.strip()
 
     assert loaded == "False"

@@ -14,9 +14,19 @@ from lifecycle.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy, vali
 from lifecycle.store import make_engine
 
 POLICY_RULES = {
-    "account-closed", "account-inactive", "connection-logs", "browsing-events", "client-contacts", "prospects",
-    "newsletter", "info-requests", "applications-rejected", "applications-accepted", "identity-documents",
-    "objections", "archive-expiry",
+    "account-closed",
+    "account-inactive",
+    "connection-logs",
+    "browsing-events",
+    "client-contacts",
+    "prospects",
+    "newsletter",
+    "info-requests",
+    "applications-rejected",
+    "applications-accepted",
+    "identity-documents",
+    "objections",
+    "archive-expiry",
 }
 
 
@@ -60,9 +70,16 @@ def _rule(data, rule_id):
         (lambda d: _rule(d, "objections").update(table="objectionz"), "rule 'objections': field 'table'"),
         (lambda d: _rule(d, "newsletter").update(retention="P1Y"), "rule 'newsletter': field 'retention'"),
         (lambda d: _rule(d, "account-closed").pop("archive"), "rule 'account-closed': field 'archive'"),
-        (lambda d: _rule(d, "prospects").update(anchor=["last_contact_at; DROP TABLE x"]),
-         "rule 'prospects': field 'anchor'"),
+        (
+            lambda d: _rule(d, "prospects").update(anchor=["last_contact_at; DROP TABLE x"]),
+            "rule 'prospects': field 'anchor'",
+        ),
         (lambda d: _rule(d, "account-inactive").pop("grace_period"), "rule 'account-inactive': field 'grace_period'"),
+        (lambda d: _rule(d, "account-inactive").pop("notice"), "rule 'account-inactive': field 'notice'"),
+        (
+            lambda d: _rule(d, "account-inactive")["notice"].update(languages=["french"]),
+            "rule 'account-inactive': field 'notice.languages'",
+        ),
     ],
 )
 def test_a_broken_policy_names_the_rule_and_the_field(tmp_path, change, message):

@@ -52,20 +52,34 @@ def _quiet_subscription(engine):
 
 
 def _info_request(engine):
-    key = add(engine, "contact_requests", received_at=datetime(2020, 1, 1),
-              last_contact_at=DUE_AT - relativedelta(years=3))
+    key = add(
+        engine, "contact_requests", received_at=datetime(2020, 1, 1), last_contact_at=DUE_AT - relativedelta(years=3)
+    )
     return "contact_requests", key, DUE_AT
 
 
 def _rejected_application(engine):
-    key = add(engine, "test_applications", smicer_id=_smicer(engine), decision="rejected", test_date=date(2025, 10, 1),
-              test_ended_at=DUE_AT - relativedelta(months=3), decided_at=DUE_AT - relativedelta(months=4))
+    key = add(
+        engine,
+        "test_applications",
+        smicer_id=_smicer(engine),
+        decision="rejected",
+        test_date=date(2025, 10, 1),
+        test_ended_at=DUE_AT - relativedelta(months=3),
+        decided_at=DUE_AT - relativedelta(months=4),
+    )
     return "test_applications", key, DUE_AT
 
 
 def _accepted_application(engine):
-    key = add(engine, "test_applications", smicer_id=_smicer(engine), decision="accepted",
-              test_date=date(2025, 10, 1), decided_at=DUE_AT)
+    key = add(
+        engine,
+        "test_applications",
+        smicer_id=_smicer(engine),
+        decision="accepted",
+        test_date=date(2025, 10, 1),
+        decided_at=DUE_AT,
+    )
     return "test_applications", key, DUE_AT
 
 
@@ -105,8 +119,12 @@ def test_a_record_is_erased_exactly_when_due_and_not_a_second_before(engine, tmp
     on_time = run_rules(engine, due_at, tmp_path, [rule_id])
     assert not exists(engine, table, key)
     assert on_time["rules"][rule_id]["due"] == 1
-    archived = scalar(engine, "SELECT COUNT(*) FROM " + _lifecycle(engine, "archived_records") +
-                      " WHERE table_name = :t AND record_key = :k", t=table, k=key)
+    archived = scalar(
+        engine,
+        "SELECT COUNT(*) FROM " + _lifecycle(engine, "archived_records") + " WHERE table_name = :t AND record_key = :k",
+        t=table,
+        k=key,
+    )
     assert archived == (1 if rule_id in ("account-closed", "applications-rejected", "applications-accepted") else 0)
 
 
@@ -118,11 +136,11 @@ def test_a_subscription_without_withdrawal_waits_three_years_from_last_contact(e
     assert not exists(engine, table, key)
 
 
-def test_account_inactive_only_reports_the_notices_due(engine, tmp_path):
+def test_an_inactive_account_gets_its_notice_exactly_when_due_and_is_not_erased_yet(engine, tmp_path):
     key = _smicer(engine, last_login_at=DUE_AT - relativedelta(years=2))
-    early = run_rules(engine, DUE_AT - ONE_SECOND, tmp_path, ["account-inactive"])
-    on_time = run_rules(engine, DUE_AT, tmp_path, ["account-inactive"])
-    assert (early["rules"]["account-inactive"]["due"], on_time["rules"]["account-inactive"]["due"]) == (0, 1)
+    early = run_rules(engine, DUE_AT - ONE_SECOND, tmp_path, ["account-inactive"])["rules"]["account-inactive"]
+    on_time = run_rules(engine, DUE_AT, tmp_path, ["account-inactive"])["rules"]["account-inactive"]
+    assert (early["notices_due"], on_time["notices_due"], on_time["emailed"], on_time["due"]) == (0, 1, 1, 0)
     assert exists(engine, "smicers", key)
 
 

@@ -29,16 +29,31 @@ def lifecycle(engine, name: str) -> str:
 
 
 def closed_smicer_with_bundle(engine, email="closed@example.org", closed_at=datetime(2025, 6, 1)) -> dict:
-    smicer = add(engine, "smicers", email=email, created_at=datetime(2020, 1, 1),
-                 last_login_at=datetime(2025, 5, 1), closed_at=closed_at)
+    smicer = add(
+        engine,
+        "smicers",
+        email=email,
+        created_at=datetime(2020, 1, 1),
+        last_login_at=datetime(2025, 5, 1),
+        closed_at=closed_at,
+    )
     return {
         "smicer": smicer,
         "logs": [add(engine, "connection_logs", smicer_id=smicer, connected_at=datetime(2025, 5, d)) for d in (1, 2)],
         "events": [add(engine, "browsing_events", smicer_id=smicer, occurred_at=datetime(2025, 5, 3))],
-        "applications": [add(engine, "test_applications", smicer_id=smicer, test_date=date(2024, 1, 1),
-                             decision="accepted", decided_at=datetime(2024, 1, 5))],
-        "missions": [add(engine, "missions", smicer_id=smicer, client_id=add(engine, "clients"),
-                         visited_at=datetime(2025, 4, 1))],
+        "applications": [
+            add(
+                engine,
+                "test_applications",
+                smicer_id=smicer,
+                test_date=date(2024, 1, 1),
+                decision="accepted",
+                decided_at=datetime(2024, 1, 5),
+            )
+        ],
+        "missions": [
+            add(engine, "missions", smicer_id=smicer, client_id=add(engine, "clients"), visited_at=datetime(2025, 4, 1))
+        ],
     }
 
 
@@ -103,20 +118,31 @@ def test_lifting_the_restriction_lets_the_rule_act_on_the_next_run(engine, tmp_p
 def test_invalid_records_are_skipped_and_named_by_table_and_key(engine, tmp_path):
     future_log = add(engine, "connection_logs", smicer_id=add(engine, "smicers"), connected_at=datetime(2027, 1, 1))
     closed_before_created = add(engine, "smicers", created_at=datetime(2024, 1, 1), closed_at=datetime(2023, 1, 1))
-    undecided = add(engine, "test_applications", smicer_id=add(engine, "smicers"), decision="accepted",
-                    decided_at=None, test_date=date(2026, 1, 1))
+    undecided = add(
+        engine,
+        "test_applications",
+        smicer_id=add(engine, "smicers"),
+        decision="accepted",
+        decided_at=None,
+        test_date=date(2026, 1, 1),
+    )
 
     summary = run_rules(engine, AS_OF, tmp_path, ["connection-logs", "account-closed", "applications-accepted"])
 
-    for rule, table, key in (("connection-logs", "connection_logs", future_log),
-                             ("account-closed", "smicers", closed_before_created),
-                             ("applications-accepted", "test_applications", undecided)):
+    for rule, table, key in (
+        ("connection-logs", "connection_logs", future_log),
+        ("account-closed", "smicers", closed_before_created),
+        ("applications-accepted", "test_applications", undecided),
+    ):
         assert summary["rules"][rule]["invalid"] == 1
         assert exists(engine, table, key)
     report = json.loads(Path(summary["report"]).with_suffix(".json").read_text())
     named = {(r["table"], r["key"]) for o in report["rules"] for r in o["invalid_records"]}
-    assert named == {("connection_logs", future_log), ("smicers", closed_before_created),
-                     ("test_applications", undecided)}
+    assert named == {
+        ("connection_logs", future_log),
+        ("smicers", closed_before_created),
+        ("test_applications", undecided),
+    }
 
 
 def test_a_failing_gate_stops_the_erase_and_names_rule_and_counts(engine, tmp_path):
@@ -176,8 +202,13 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 def test_a_run_killed_between_archive_and_erase_is_completed_by_the_next(engine, db_url, tmp_path):
     bundle = closed_smicer_with_bundle(engine)
-    crashed = subprocess.run([sys.executable, "-c", CRASH_AFTER_ARCHIVE, db_url, str(tmp_path)],
-                             cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300)
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASH_AFTER_ARCHIVE, db_url, str(tmp_path)],
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     assert exists(engine, "smicers", bundle["smicer"])
     parts_after_crash = sorted((tmp_path / "archive").rglob("*.parquet"))
@@ -187,11 +218,16 @@ def test_a_run_killed_between_archive_and_erase_is_completed_by_the_next(engine,
     assert not exists(engine, "smicers", bundle["smicer"])
     assert summary["rules"]["account-closed"]["archived"] == 0, "the killed run's verified copies are reused"
     assert sorted((tmp_path / "archive").rglob("*.parquet")) == parts_after_crash
-    erased = scalar(engine, f"SELECT COUNT(*) FROM {lifecycle(engine, 'audit_events')} "
-                            "WHERE action = 'erased' AND table_name = 'smicers'")
+    erased = scalar(
+        engine,
+        f"SELECT COUNT(*) FROM {lifecycle(engine, 'audit_events')} WHERE action = 'erased' AND table_name = 'smicers'",
+    )
     assert erased == 1
-    batches = scalar(engine, f"SELECT COUNT(*) FROM {lifecycle(engine, 'audit_events')} "
-                             "WHERE action = 'erased' AND archive_batch IS NOT NULL")
+    batches = scalar(
+        engine,
+        f"SELECT COUNT(*) FROM {lifecycle(engine, 'audit_events')} "
+        "WHERE action = 'erased' AND archive_batch IS NOT NULL",
+    )
     assert batches == 5, "smicer, 2 logs, 1 event, 1 application: each erased with its archive batch"
 
 
@@ -237,9 +273,11 @@ def test_a_malformed_timestamp_makes_the_record_invalid_not_erased(sqlite_url, t
 
 
 def test_archive_expiry_purges_due_batches_whole_and_keeps_held_and_later_ones(engine, tmp_path):
-    for email, closed_at in (("expired@example.org", datetime(2021, 12, 1)),
-                             ("later@example.org", datetime(2022, 6, 1)),
-                             ("held@example.org", datetime(2021, 12, 2))):
+    for email, closed_at in (
+        ("expired@example.org", datetime(2021, 12, 1)),
+        ("later@example.org", datetime(2022, 6, 1)),
+        ("held@example.org", datetime(2021, 12, 2)),
+    ):
         smicer = add(engine, "smicers", email=email, created_at=datetime(2020, 1, 1), closed_at=closed_at)
         add(engine, "connection_logs", smicer_id=smicer, connected_at=datetime(2021, 11, 1))
     run_rules(engine, utc(2022, 7, 1), tmp_path, ["account-closed"], run_id="archived")
@@ -262,7 +300,9 @@ def test_a_legal_hold_on_one_row_of_a_bundle_keeps_the_whole_bundle(engine, tmp_
     with engine.begin() as connection:
         connection.execute(
             insert(lifecycle_tables(engine).legal_holds).values(
-                table_name="connection_logs", record_key=bundle["logs"][0], reason="litigation",
+                table_name="connection_logs",
+                record_key=bundle["logs"][0],
+                reason="litigation",
                 created_at=datetime(2026, 1, 1),
             )
         )

@@ -1,5 +1,6 @@
-"""Where archive batches live. `file:///abs/dir` here; the format is that of CONTRACTS.md:
-Parquet parts (zstd) and a `manifest.json` beside them, naming each part's key, rows and SHA-256."""
+"""Where archive batches live: `file:///abs/dir` here, `s3://bucket/prefix` in s3_archive.py; the
+format is that of CONTRACTS.md: Parquet parts (zstd) and a `manifest.json` beside them, naming each
+part's key, rows and SHA-256."""
 
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ import hashlib
 import json
 import os
 import shutil
+from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from lifecycle.s3_archive import S3ArchiveStore, S3Options
 
 MANIFEST = "manifest.json"
 
@@ -38,7 +44,8 @@ class FileArchiveStore:
             raise ArchiveError(f"archive key {key!r} leaves the archive folder")
         return path
 
-    def put_file(self, local: Path, key: str) -> None:
+    def put_file(self, local: Path, key: str, retain_until: date | None = None) -> dict:
+        """Copy a part in; nothing to add to its manifest entry (a folder keeps no retention)."""
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +54,7 @@ class FileArchiveStore:
             os.replace(temporary, target)
         except OSError as error:
             raise ArchiveError(f"cannot write archive part {key} under {self.uri}: {error.strerror}") from None
+        return {}
 
     def put_manifest(self, batch_key: str, manifest: dict) -> None:
         target = self._path(f"{batch_key}/{MANIFEST}")
@@ -67,7 +75,7 @@ class FileArchiveStore:
         except (OSError, ValueError) as error:
             raise ArchiveError(f"the manifest of batch {batch_key} cannot be read: {error}") from None
 
-    def part_matches(self, key: str, sha256: str, size: int) -> bool:
+    def part_matches(self, key: str, sha256: str, size: int, s3_checksum: str | None = None) -> bool:
         path = self._path(key)
         return path.is_file() and path.stat().st_size == size and sha256_of_file(path) == sha256
 
@@ -86,12 +94,28 @@ class FileArchiveStore:
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
 
+    def restore_status(self, key: str) -> str:
+        """A folder holds nothing cold: every part is `available` (lifecycle.restore)."""
+        if not self._path(key).is_file():
+            raise ArchiveError(f"archive part {key} is missing under {self.uri}")
+        return "available"
 
-def open_archive_store(uri: str) -> FileArchiveStore:
+    def fetch(self, key: str, local: Path) -> None:
+        shutil.copyfile(self._path(key), local)
+
+
+def open_archive_store(uri: str, s3_options: S3Options | None = None) -> FileArchiveStore | S3ArchiveStore:
+    """The store of `uri`; `s3_options` (storage class, encryption, client...) serve s3:// only."""
     parsed = urlparse(uri)
     if parsed.scheme == "file":
         root = Path(parsed.path)
         if not root.is_absolute():
             raise ArchiveError(f"archive location {uri!r} is not an absolute file:/// URI")
         return FileArchiveStore(root)
-    raise ArchiveError(f"archive location {uri!r}: unsupported scheme {parsed.scheme!r} (use file:///abs/dir)")
+    if parsed.scheme == "s3":
+        from lifecycle.s3_archive import S3ArchiveStore, S3Options
+
+        return S3ArchiveStore.from_uri(uri, s3_options or S3Options())
+    raise ArchiveError(
+        f"archive location {uri!r}: unsupported scheme {parsed.scheme!r} (use file:///abs/dir or s3://bucket/prefix)"
+    )

@@ -22,8 +22,16 @@ from lifecycle.sql import statement
 PART_ROWS = 500_000
 FORMAT_VERSION = 1
 AUDIT_COLUMNS = [
-    "recorded_at", "dag_id", "run_id", "rule", "action", "table_name", "record_key", "policy_version",
-    "archive_batch", "as_of",
+    "recorded_at",
+    "dag_id",
+    "run_id",
+    "rule",
+    "action",
+    "table_name",
+    "record_key",
+    "policy_version",
+    "archive_batch",
+    "as_of",
 ]
 
 
@@ -53,7 +61,7 @@ def archive_sources(policy: Policy, rule: Rule) -> list[ArchiveSource]:
 def archive_due(run: RunContext, rule: Rule) -> dict:
     """Write a batch for every (table, retain_until) whose due records have no verified copy yet."""
     selection_id = selection_id_of(run, rule)
-    store = open_archive_store(run.archive_uri)
+    store = open_archive_store(run.archive_uri, run.s3_options)
     batches = []
     for retain_until in _retain_dates(run, selection_id):
         for source in archive_sources(run.policy, rule):
@@ -77,7 +85,9 @@ def _retain_dates(run: RunContext, selection_id: int) -> list[date]:
         )
 
 
-def due_key_pages(run: RunContext, selection_id: int, page_size: int, retain_until: date | None = None) -> Iterator[list[int]]:
+def due_key_pages(
+    run: RunContext, selection_id: int, page_size: int, retain_until: date | None = None
+) -> Iterator[list[int]]:
     """The pending due keys of a selection, in key order, a page at a time."""
     c = run.tables.candidates
     after = None
@@ -105,8 +115,12 @@ def _keys_to_archive(run: RunContext, selection_id: int, retain_until: date, sou
                 keys = owners
             else:
                 query = statement(
-                    run.engine, "member_keys.sql", expanding=("owners",),
-                    table=source.table, key=source.key, link=source.match,
+                    run.engine,
+                    "member_keys.sql",
+                    expanding=("owners",),
+                    table=source.table,
+                    key=source.key,
+                    link=source.match,
                 )
                 keys = list(connection.execute(query, {"owners": owners}).scalars())
             archived = verified_archived_keys(run, connection, source.table, keys)
@@ -138,8 +152,7 @@ def _archive_group(run, rule, store, selection_id, retain_until, source) -> tupl
         return None
     digest = expected.hexdigest()
     batch_key = (
-        f"{source.table}/retain_until={retain_until.isoformat()}/"
-        f"{rule.id}-{run.as_of:%Y%m%dT%H%M%SZ}-{digest[:16]}"
+        f"{source.table}/retain_until={retain_until.isoformat()}/{rule.id}-{run.as_of:%Y%m%dT%H%M%SZ}-{digest[:16]}"
     )
     existing = store.read_manifest(batch_key)
     if existing is None or existing.get("records_digest") != digest:
@@ -166,7 +179,7 @@ def _write_batch(run, rule, store, selection_id, retain_until, source, batch_key
             if writer is None or part_rows >= PART_ROWS:
                 if writer is not None:
                     writer.close()
-                    parts.append(_store_part(store, batch_key, part_path, part_rows, len(parts)))
+                    parts.append(_store_part(store, batch_key, part_path, part_rows, len(parts), retain_until))
                 part_path = Path(scratch) / f"part-{len(parts):05d}.parquet"
                 writer, part_rows = pq.ParquetWriter(part_path, converter.schema, compression="zstd"), 0
             writer.write_table(table)
@@ -175,7 +188,7 @@ def _write_batch(run, rule, store, selection_id, retain_until, source, batch_key
             _remember_copies(run, source, batch_key, rows)
         if writer is not None:
             writer.close()
-            parts.append(_store_part(store, batch_key, part_path, part_rows, len(parts)))
+            parts.append(_store_part(store, batch_key, part_path, part_rows, len(parts), retain_until))
     manifest = {
         "format_version": FORMAT_VERSION,
         "rule": rule.id,
@@ -195,16 +208,22 @@ def _write_batch(run, rule, store, selection_id, retain_until, source, batch_key
     return manifest
 
 
-def _store_part(store, batch_key: str, path: Path, rows: int, index: int) -> dict:
+def _store_part(store, batch_key: str, path: Path, rows: int, index: int, retain_until: date) -> dict:
+    """The part's manifest entry, with what the store adds (on S3: the checksum S3 must keep)."""
     key = f"{batch_key}/part-{index:05d}.parquet"
-    store.put_file(path, key)
-    return {"key": key, "row_count": rows, "sha256": sha256_of_file(path), "bytes": path.stat().st_size}
+    stored = store.put_file(path, key, retain_until)
+    return {"key": key, "row_count": rows, "sha256": sha256_of_file(path), "bytes": path.stat().st_size, **stored}
 
 
 def _fetch_rows(run: RunContext, source: ArchiveSource, columns: list[str], keys: list[int]) -> list[dict]:
     query = statement(
-        run.engine, "fetch_rows.sql", expanding=("keys",),
-        table=source.table, columns=columns, match=source.key, key=source.key,
+        run.engine,
+        "fetch_rows.sql",
+        expanding=("keys",),
+        table=source.table,
+        columns=columns,
+        match=source.key,
+        key=source.key,
     )
     with run.engine.connect() as connection:
         return [dict(row) for row in connection.execute(query, {"keys": keys}).mappings()]
@@ -229,7 +248,9 @@ def _remember_copies(run: RunContext, source: ArchiveSource, batch_key: str, row
 def _record_batch_members(run, selection_id, retain_until, source, batch_key, page_size) -> None:
     """A batch found complete in the archive (an interrupted run wrote it): index its records again."""
     for keys in _keys_to_archive(run, selection_id, retain_until, source, page_size):
-        _remember_copies(run, source, batch_key, _fetch_rows(run, source, [source.key, *_subject_columns(run, source)], keys))
+        _remember_copies(
+            run, source, batch_key, _fetch_rows(run, source, [source.key, *_subject_columns(run, source)], keys)
+        )
 
 
 def _subject_columns(run: RunContext, source: ArchiveSource) -> list[str]:
@@ -248,9 +269,17 @@ def _record_batch(run, rule, store, source, retain_until, batch_key, digest, row
         if already is None:
             connection.execute(
                 insert(batches).values(
-                    batch_key=batch_key, rule=rule.id, table_name=source.table, retain_until=retain_until,
-                    as_of=run.as_of_naive, dag_id=run.dag_id, run_id=run.run_id, policy_version=run.policy.version,
-                    uri=f"{store.uri}/{batch_key}", row_count=rows, records_digest=digest,
+                    batch_key=batch_key,
+                    rule=rule.id,
+                    table_name=source.table,
+                    retain_until=retain_until,
+                    as_of=run.as_of_naive,
+                    dag_id=run.dag_id,
+                    run_id=run.run_id,
+                    policy_version=run.policy.version,
+                    uri=f"{store.uri}/{batch_key}",
+                    row_count=rows,
+                    records_digest=digest,
                 )
             )
 
@@ -259,7 +288,7 @@ def verify_archive(run: RunContext, rule: Rule) -> dict:
     """Check every batch of this run against its manifest and its candidates; only then mark it verified."""
     from lifecycle.gates import validate_frame
 
-    store = open_archive_store(run.archive_uri)
+    store = open_archive_store(run.archive_uri, run.s3_options)
     batches = _unverified_batches(run, rule)
     summary = [_check_batch(run, store, batch) for batch in batches]
     if summary:
@@ -268,9 +297,21 @@ def verify_archive(run: RunContext, rule: Rule) -> dict:
         validate_frame(
             pd.DataFrame(summary),
             [
-                {"type": "expect_column_pair_values_to_be_equal", "column_A": "candidate_rows", "column_B": "manifest_rows"},
-                {"type": "expect_column_pair_values_to_be_equal", "column_A": "candidate_rows", "column_B": "indexed_rows"},
-                {"type": "expect_column_pair_values_to_be_equal", "column_A": "candidate_digest", "column_B": "manifest_digest"},
+                {
+                    "type": "expect_column_pair_values_to_be_equal",
+                    "column_A": "candidate_rows",
+                    "column_B": "manifest_rows",
+                },
+                {
+                    "type": "expect_column_pair_values_to_be_equal",
+                    "column_A": "candidate_rows",
+                    "column_B": "indexed_rows",
+                },
+                {
+                    "type": "expect_column_pair_values_to_be_equal",
+                    "column_A": "candidate_digest",
+                    "column_B": "manifest_digest",
+                },
                 {"type": "expect_column_values_to_be_in_set", "column": "parts_match", "value_set": [True]},
             ],
             gate=f"{rule.id}/archive",
@@ -285,8 +326,10 @@ def _unverified_batches(run: RunContext, rule: Rule) -> list[dict]:
     with run.engine.connect() as connection:
         rows = connection.execute(
             select(batches).where(
-                batches.c.dag_id == run.dag_id, batches.c.run_id == run.run_id,
-                batches.c.rule == rule.id, batches.c.verified_at.is_(None),
+                batches.c.dag_id == run.dag_id,
+                batches.c.run_id == run.run_id,
+                batches.c.rule == rule.id,
+                batches.c.verified_at.is_(None),
             )
         ).mappings()
         return [dict(row) for row in rows]
@@ -307,7 +350,8 @@ def _check_batch(run: RunContext, store, batch: dict) -> dict:
         "indexed_rows": indexed,
         "candidate_digest": batch["records_digest"],
         "manifest_digest": manifest.get("records_digest", ""),
-        "parts_match": bool(files) and all(store.part_matches(f["key"], f["sha256"], f["bytes"]) for f in files),
+        "parts_match": bool(files)
+        and all(store.part_matches(f["key"], f["sha256"], f["bytes"], f.get("s3_checksum_sha256")) for f in files),
     }
 
 
@@ -320,8 +364,15 @@ def _mark_verified(run: RunContext, rule: Rule, batch_keys: list[str]) -> None:
                 update(batches).where(batches.c.batch_key == batch_key).values(verified_at=now_utc_naive())
             )
             events = select(
-                literal(now_utc_naive()), literal(run.dag_id), literal(run.run_id), literal(rule.id),
-                literal("archived"), records.c.table_name, records.c.record_key, literal(run.policy.version),
-                records.c.batch_key, literal(run.as_of_naive),
+                literal(now_utc_naive()),
+                literal(run.dag_id),
+                literal(run.run_id),
+                literal(rule.id),
+                literal("archived"),
+                records.c.table_name,
+                records.c.record_key,
+                literal(run.policy.version),
+                records.c.batch_key,
+                literal(run.as_of_naive),
             ).where(and_(records.c.batch_key == batch_key))
             connection.execute(insert(audit).from_select(AUDIT_COLUMNS, events))

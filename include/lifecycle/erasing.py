@@ -12,6 +12,7 @@ from sqlalchemy import and_, func, insert, literal, or_, select, update
 from lifecycle.archiving import AUDIT_COLUMNS, due_key_pages, verified_archived_keys
 from lifecycle.decide import DUE
 from lifecycle.policy import Rule
+from lifecycle.reactivation import mark_erased
 from lifecycle.run import RunContext, now_utc_naive
 from lifecycle.select import RuleSelector, selection_id_of
 from lifecycle.sql import render, statement
@@ -91,17 +92,26 @@ class _Eraser:
                     continue
                 if member.action == "erase":
                     self._delete(connection, member.table, member.link, [owner])
-                    self._audit(connection, "erased", member.table, keys, {k: batches.get((member.table, k)) for k in keys})
+                    self._audit(
+                        connection, "erased", member.table, keys, {k: batches.get((member.table, k)) for k in keys}
+                    )
                 else:
                     connection.execute(
-                        statement(self.run.engine, "pseudonymise_rows.sql", expanding=("owners",),
-                                  table=member.table, link=member.link),
+                        statement(
+                            self.run.engine,
+                            "pseudonymise_rows.sql",
+                            expanding=("owners",),
+                            table=member.table,
+                            link=member.link,
+                        ),
                         {"owners": [owner]},
                     )
                     self._audit(connection, "pseudonymised", member.table, keys, {})
                 self.counts[f"{member.action}d:{member.table}"] += len(keys)
             self._delete(connection, bundle.root, root.key, [owner])
             self._audit(connection, "erased", bundle.root, [owner], {owner: batches[(bundle.root, owner)]})
+            if self.rule.action == "reactivate":
+                mark_erased(connection, self.run, self.rule, owner)
             self._mark(connection, [owner], "erased", None)
             self.counts["erased"] += 1
 
@@ -127,7 +137,9 @@ class _Eraser:
 
     def _legally_held(self, connection, rows: dict[str, list[int]]) -> bool:
         holds = self.run.tables.legal_holds
-        held = or_(*(and_(holds.c.table_name == table, holds.c.record_key.in_(keys)) for table, keys in rows.items() if keys))
+        held = or_(
+            *(and_(holds.c.table_name == table, holds.c.record_key.in_(keys)) for table, keys in rows.items() if keys)
+        )
         query = select(func.count()).where(
             holds.c.lifted_at.is_(None), or_(holds.c.until.is_(None), holds.c.until > self.run.today), held
         )
@@ -145,8 +157,12 @@ class _Eraser:
         if not erasable:
             return erasable
         query = statement(
-            self.run.engine, "stored_files.sql", expanding=("keys",),
-            table=self.rule.table, key=self.run.policy.tables[self.rule.table].key, column=self.rule.stored_file,
+            self.run.engine,
+            "stored_files.sql",
+            expanding=("keys",),
+            table=self.rule.table,
+            key=self.run.policy.tables[self.rule.table].key,
+            column=self.rule.stored_file,
         )
         kept = dict(erasable)
         for key, location in connection.execute(query, {"keys": list(erasable)}).all():
@@ -158,8 +174,12 @@ class _Eraser:
 
     def _member_keys(self, connection, table: str, link: str, owner: int) -> list[int]:
         query = statement(
-            self.run.engine, "member_keys.sql", expanding=("owners",),
-            table=table, key=self.run.policy.tables[table].key, link=link,
+            self.run.engine,
+            "member_keys.sql",
+            expanding=("owners",),
+            table=table,
+            key=self.run.policy.tables[table].key,
+            link=link,
         )
         return list(connection.execute(query, {"owners": [owner]}).scalars())
 
@@ -169,12 +189,23 @@ class _Eraser:
 
     def _audit_erased_candidates(self, connection, keys: list[int]) -> None:
         """One audit event per erased record of the rule's table, written by the database itself."""
-        candidates, records, audit = self.run.tables.candidates, self.run.tables.archived_records, self.run.tables.audit_events
+        candidates, records, audit = (
+            self.run.tables.candidates,
+            self.run.tables.archived_records,
+            self.run.tables.audit_events,
+        )
         events = (
             select(
-                literal(now_utc_naive()), literal(self.run.dag_id), literal(self.run.run_id), literal(self.rule.id),
-                literal("erased"), literal(self.rule.table), candidates.c.record_key,
-                literal(self.run.policy.version), records.c.batch_key, literal(self.run.as_of_naive),
+                literal(now_utc_naive()),
+                literal(self.run.dag_id),
+                literal(self.run.run_id),
+                literal(self.rule.id),
+                literal("erased"),
+                literal(self.rule.table),
+                candidates.c.record_key,
+                literal(self.run.policy.version),
+                records.c.batch_key,
+                literal(self.run.as_of_naive),
             )
             .select_from(candidates)
             .outerjoin(
@@ -191,9 +222,15 @@ class _Eraser:
             insert(self.run.tables.audit_events),
             [
                 {
-                    "recorded_at": recorded_at, "dag_id": self.run.dag_id, "run_id": self.run.run_id,
-                    "rule": self.rule.id, "action": action, "table_name": table, "record_key": key,
-                    "policy_version": self.run.policy.version, "archive_batch": batches.get(key),
+                    "recorded_at": recorded_at,
+                    "dag_id": self.run.dag_id,
+                    "run_id": self.run.run_id,
+                    "rule": self.rule.id,
+                    "action": action,
+                    "table_name": table,
+                    "record_key": key,
+                    "policy_version": self.run.policy.version,
+                    "archive_batch": batches.get(key),
                     "as_of": self.run.as_of_naive,
                 }
                 for key in keys
@@ -233,11 +270,17 @@ def verify_erased(run: RunContext, rule: Rule) -> dict:
         checks += [(member.table, member.link) for member in run.policy.bundles[rule.bundle].members]
     for table, column in checks:
         query = render(
-            run.engine, "gate_erased_remaining.sql",
-            candidates=candidates, table=table, column=column, selection_id=selection_id,
+            run.engine,
+            "gate_erased_remaining.sql",
+            candidates=candidates,
+            table=table,
+            column=column,
+            selection_id=selection_id,
         )
         validate_sql(
-            run.engine_url, query, [{"type": "expect_table_row_count_to_equal", "value": 0}],
+            run.engine_url,
+            query,
+            [{"type": "expect_table_row_count_to_equal", "value": 0}],
             gate=f"{rule.id}/erased/{table}",
             artifact_path=run.artifact_path(rule, f"gate-erased-{table}.json"),
         )

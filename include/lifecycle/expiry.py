@@ -1,5 +1,7 @@
-"""`archive-expiry`: purge each archive batch whose retain_until has come, whole, unless it holds
-a held record. A purge that fails is reported and the sweep goes on."""
+"""`archive-expiry`: purge each archive batch whose retain_until has come, whole (on S3 every
+version, parts before the manifest), unless it holds a held record. A purge that fails, such as
+one an Object Lock retention or legal hold refuses, is counted and named in the report, and the
+sweep goes on."""
 
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ from lifecycle.sql import statement
 
 
 def purge_expired(run: RunContext, rule: Rule) -> dict:
-    store = open_archive_store(run.archive_uri)
+    store = open_archive_store(run.archive_uri, run.s3_options)
     as_of_date = utc_date(run.as_of)
     held = _held_subjects(run)
     counts: Counter[str] = Counter()
+    failed: list[str] = []
     for batch_key in store.batch_keys():
         manifest = store.read_manifest(batch_key) or {}
         if date.fromisoformat(manifest.get("retain_until", "9999-12-31")) > as_of_date:
@@ -32,10 +35,11 @@ def purge_expired(run: RunContext, rule: Rule) -> dict:
                 store.delete_batch(batch_key, [part["key"] for part in manifest.get("files", [])])
             except (ArchiveError, OSError):
                 counts["purge_failed"] += 1
+                failed.append(batch_key)
                 continue
             _record_purge(run, rule, batch_key)
             counts["purged"] += 1
-    return {"rule": rule.id, **counts}
+    return {"rule": rule.id, **counts} | ({"purge_failed_batches": failed} if failed else {})
 
 
 def _held_subjects(run: RunContext) -> tuple[set[str], set[tuple[str, int]]]:
@@ -93,7 +97,13 @@ def _record_purge(run: RunContext, rule: Rule, batch_key: str) -> None:
         connection.execute(update(batches).where(batches.c.batch_key == batch_key).values(purged_at=now_utc_naive()))
         connection.execute(
             insert(audit).values(
-                recorded_at=now_utc_naive(), dag_id=run.dag_id, run_id=run.run_id, rule=rule.id, action="purged",
-                policy_version=run.policy.version, archive_batch=batch_key, as_of=run.as_of_naive,
+                recorded_at=now_utc_naive(),
+                dag_id=run.dag_id,
+                run_id=run.run_id,
+                rule=rule.id,
+                action="purged",
+                policy_version=run.policy.version,
+                archive_batch=batch_key,
+                as_of=run.as_of_naive,
             )
         )

@@ -272,8 +272,11 @@ def _check(result: dict, row_count: int | None) -> dict:
     # On zero rows an aggregate such as a column max is NULL and GX fails it; there is
     # nothing to check, so it passes.
     empty_pass = (
-        not result["success"] and row_count == 0 and error is None
-        and "observed_value" in counts and counts["observed_value"] is None
+        not result["success"]
+        and row_count == 0
+        and error is None
+        and "observed_value" in counts
+        and counts["observed_value"] is None
     )
     return {
         "expectation": result["expectation_config"]["type"],
@@ -303,8 +306,11 @@ def _failure(check: dict) -> dict:
 
 def _describe(failure: dict) -> str:
     column = f"({failure['column']})" if failure["column"] else ""
-    details = [f"{key}={failure[key]}" for key in ("observed_value", "unexpected_count", "element_count")
-               if failure[key] is not None]
+    details = [
+        f"{key}={failure[key]}"
+        for key in ("observed_value", "unexpected_count", "element_count")
+        if failure[key] is not None
+    ]
     if failure["error"]:
         details.append(f"error: {failure['error']}")
     return f"{failure['expectation']}{column}: " + (", ".join(details) or "failed")

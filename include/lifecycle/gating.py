@@ -30,7 +30,9 @@ def candidate_expectations(rule: Rule, as_of_epoch: int, limit: int | None) -> l
         {"type": "expect_column_values_to_be_between", "column": "due_epoch", "max_value": as_of_epoch},
         {
             "type": "expect_column_pair_values_a_to_be_greater_than_b",
-            "column_A": "due_epoch", "column_B": "anchor_epoch", "or_equal": True,
+            "column_A": "due_epoch",
+            "column_B": "anchor_epoch",
+            "or_equal": True,
         },
     ]
     if limit is not None:
@@ -49,11 +51,16 @@ def gate_candidates(run: RunContext, rule: Rule) -> dict:
         ).scalar_one()
     limit = None if run.volume_approved else volume_limit(rule, table_rows or 0)
     query = render(
-        run.engine, "gate_candidates.sql",
-        candidates=run.tables.qualified(run.tables.candidates), selection_id=selection_id,
+        run.engine,
+        "gate_candidates.sql",
+        candidates=run.tables.qualified(run.tables.candidates),
+        selection_id=selection_id,
     )
     summary = validate_sql(
-        run.engine_url, query, candidate_expectations(rule, epoch_seconds(run.as_of), limit),
-        gate=f"{rule.id}/candidates", artifact_path=run.artifact_path(rule, "gate-candidates.json"),
+        run.engine_url,
+        query,
+        candidate_expectations(rule, epoch_seconds(run.as_of), limit),
+        gate=f"{rule.id}/candidates",
+        artifact_path=run.artifact_path(rule, "gate-candidates.json"),
     )
     return {"rule": rule.id, "passed": bool(summary.get("success")), "volume_limit": limit}

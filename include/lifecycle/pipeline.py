@@ -1,5 +1,5 @@
 """The steps of each rule, in order: the one sequence the DAGs, the demo and the tests all run.
-Data flows one way: select -> gate -> archive -> verify -> erase -> verify erase -> report."""
+Data flows one way: select -> gate -> archive -> verify -> erase -> verify erase [-> notify] -> report."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from lifecycle.archiving import archive_due, verify_archive
 from lifecycle.erasing import erase_due, verify_erased
 from lifecycle.expiry import purge_expired
 from lifecycle.gating import gate_candidates
+from lifecycle.notifying import notify_inactive
 from lifecycle.policy import Rule
 from lifecycle.run import RunContext
 from lifecycle.select import record_stage, select_candidates
@@ -30,16 +31,17 @@ VERIFY_ARCHIVE = Step("verify_archive", verify_archive, "archive_verified")
 ERASE = Step("erase", erase_due, "erased", destructive=True)
 VERIFY_ERASE = Step("verify_erase", verify_erased, "erase_verified")
 PURGE = Step("purge", purge_expired, "purged", destructive=True)
+NOTIFY = Step("notify", notify_inactive, "notified")
 
 
 def steps_for(rule: Rule) -> list[Step]:
     if rule.action == "purge_archive":
         return [PURGE]
-    if rule.action == "reactivate":
-        # Sending notices and erasing non-responders belong to the reactivation cycle.
-        return [SELECT, GATE]
     archive = [ARCHIVE, VERIFY_ARCHIVE] if rule.archives else []
-    return [SELECT, GATE, *archive, ERASE, VERIFY_ERASE]
+    # The reactivation cycle erases those its grace period is over for, then emails those due a notice:
+    # a mail server down does not hold back erasures.
+    notify = [NOTIFY] if rule.action == "reactivate" else []
+    return [SELECT, GATE, *archive, ERASE, VERIFY_ERASE, *notify]
 
 
 def run_step(run: RunContext, rule: Rule, step: Step) -> dict:

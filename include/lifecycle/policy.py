@@ -16,6 +16,8 @@ DEFAULT_POLICY_PATH = Path(__file__).resolve().parents[1] / "policy" / "smice.ya
 ACTIONS = ("erase", "archive_erase", "reactivate", "purge_archive")
 FILTER_OPS = ("eq", "null", "not_null")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_LANGUAGE = re.compile(r"^[a-z]{2}$")
+_ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 class PolicyError(ValueError):
@@ -93,6 +95,17 @@ class Bundle:
 
 
 @dataclass(frozen=True)
+class NoticeSpec:
+    """The reactivation email of a reactivate rule: its templates and the columns it reads."""
+
+    template: str
+    first_name: str
+    locale: str
+    languages: tuple[str, ...]  # the first is the default
+    contact: str
+
+
+@dataclass(frozen=True)
 class Rule:
     id: str
     purpose_id: str
@@ -108,6 +121,7 @@ class Rule:
     without_anchor: str = "invalid"
     grace_period: relativedelta | None = None
     grace_period_text: str | None = None
+    notice: NoticeSpec | None = None
     volume_ceiling: VolumeCeiling = VolumeCeiling(50, 0.2)
     batch_size: int = 500
     choice: str | None = None
@@ -275,7 +289,9 @@ class _PolicyReader:
             name=name,
             key=self._identifier(spec["key"], where, "key"),
             email=self._identifier(spec["email"], where, "email") if spec.get("email") else None,
-            event_timestamps=tuple(self._identifier(c, where, "event_timestamps") for c in spec.get("event_timestamps", [])),
+            event_timestamps=tuple(
+                self._identifier(c, where, "event_timestamps") for c in spec.get("event_timestamps", [])
+            ),
             chronology=chronology,
         )
 
@@ -290,7 +306,9 @@ class _PolicyReader:
                 raise self.fail(where, "members.table", f"{member.get('table')!r} is not a table of 'tables'")
             if member.get("action") not in ("erase", "pseudonymise"):
                 raise self.fail(where, "members.action", f"{member.get('action')!r}: use erase or pseudonymise")
-            members.append(BundleMember(member["table"], self._identifier(member.get("link"), where, "link"), member["action"]))
+            members.append(
+                BundleMember(member["table"], self._identifier(member.get("link"), where, "link"), member["action"])
+            )
         return Bundle(name, root, tuple(members))
 
     def _restriction_holds(self) -> RestrictionHolds:
@@ -319,9 +337,25 @@ class _PolicyReader:
         if not rule_id:
             raise self.fail(f"purpose '{purpose_id}'", "rules.id", "missing")
         known = {
-            "id", "table", "where", "anchor", "period", "windows", "action", "bundle", "archive", "parent",
-            "stored_file", "holds", "without_anchor", "grace_period", "choice", "seed_text", "volume_ceiling",
+            "id",
+            "table",
+            "where",
+            "anchor",
+            "period",
+            "windows",
+            "action",
+            "bundle",
+            "archive",
+            "parent",
+            "stored_file",
+            "holds",
+            "without_anchor",
+            "grace_period",
+            "choice",
+            "seed_text",
+            "volume_ceiling",
             "batch_size",
+            "notice",
         }
         unknown = sorted(set(spec) - known)
         if unknown:
@@ -345,6 +379,10 @@ class _PolicyReader:
         grace = spec.get("grace_period")
         if action == "reactivate" and grace is None:
             raise self.fail(where, "grace_period", "missing (the reactivation cycle needs one)")
+        if action == "reactivate" and not spec.get("notice"):
+            raise self.fail(where, "notice", "missing (the reactivation cycle sends one)")
+        if action == "reactivate" and not self.tables[table].email:
+            raise self.fail(where, "table", f"table {table!r} declares no email column to send the notice to")
         if action in ("archive_erase", "reactivate") and not spec.get("archive"):
             raise self.fail(where, "archive", f"missing (action {action} archives)")
         bundle = spec.get("bundle")
@@ -361,13 +399,33 @@ class _PolicyReader:
             parent=parent,
             bundle=bundle,
             archive=self._archive(spec.get("archive"), table, parent, where),
-            stored_file=self._identifier(spec["stored_file"], where, "stored_file") if spec.get("stored_file") else None,
+            stored_file=self._identifier(spec["stored_file"], where, "stored_file")
+            if spec.get("stored_file")
+            else None,
             holds=bool(spec.get("holds", True)),
             without_anchor=without_anchor,
             grace_period=self._period(grace, where, "grace_period") if grace is not None else None,
             grace_period_text=str(grace) if grace is not None else None,
+            notice=self._notice(spec.get("notice"), where),
             volume_ceiling=self._ceiling(spec.get("volume_ceiling", {}), where, self.default_ceiling),
             batch_size=self._positive_int(spec.get("batch_size", self.default_batch_size), where, "batch_size"),
+        )
+
+    def _notice(self, spec: dict | None, where: str) -> NoticeSpec | None:
+        if spec is None:
+            return None
+        languages = spec.get("languages")
+        if not isinstance(languages, list) or not languages or not all(_LANGUAGE.match(str(x)) for x in languages):
+            raise self.fail(where, "notice.languages", f"{languages!r} is not a list of two-letter language codes")
+        contact = str(spec.get("contact", ""))
+        if not _ADDRESS.match(contact):
+            raise self.fail(where, "notice.contact", f"{contact!r} is not an email address")
+        return NoticeSpec(
+            template=self._identifier(spec.get("template"), where, "notice.template"),
+            first_name=self._identifier(spec.get("first_name"), where, "notice.first_name"),
+            locale=self._identifier(spec.get("locale"), where, "notice.locale"),
+            languages=tuple(str(x) for x in languages),
+            contact=contact,
         )
 
     def _parent(self, spec: dict | None, where: str) -> Parent | None:
@@ -441,7 +499,9 @@ def validate_against_database(policy: Policy, engine) -> None:
 
     def require(where: str, field_name: str, table: str, column: str | None = None) -> None:
         if table not in present:
-            raise PolicyError(f"policy {policy.path.name}: {where}: field '{field_name}': table {table!r} not in the database")
+            raise PolicyError(
+                f"policy {policy.path.name}: {where}: field '{field_name}': table {table!r} not in the database"
+            )
         if column is None:
             return
         if table not in columns:
@@ -477,3 +537,6 @@ def validate_against_database(policy: Policy, engine) -> None:
             require(where, "where.column", flt.column.table, flt.column.column)
         if rule.stored_file:
             require(where, "stored_file", rule.table, rule.stored_file)
+        if rule.notice:
+            require(where, "notice.first_name", rule.table, rule.notice.first_name)
+            require(where, "notice.locale", rule.table, rule.notice.locale)

@@ -4,9 +4,11 @@ the as-of, the policy version and the archive batches. Records are named by tabl
 from __future__ import annotations
 
 import json
+
 from sqlalchemy import delete, func, insert, select
 
 from lifecycle.policy import Rule
+from lifecycle.reactivation import notice_report
 from lifecycle.run import RunContext, now_utc_naive
 
 INVALID_LISTED = 200
@@ -18,8 +20,12 @@ def start_run(run: RunContext) -> None:
         connection.execute(delete(runs).where(runs.c.dag_id == run.dag_id, runs.c.run_id == run.run_id))
         connection.execute(
             insert(runs).values(
-                dag_id=run.dag_id, run_id=run.run_id, as_of=run.as_of_naive, policy_version=run.policy.version,
-                started_at=now_utc_naive(), state="running",
+                dag_id=run.dag_id,
+                run_id=run.run_id,
+                as_of=run.as_of_naive,
+                policy_version=run.policy.version,
+                started_at=now_utc_naive(),
+                state="running",
             )
         )
 
@@ -28,9 +34,11 @@ def rule_report(run: RunContext, rule: Rule) -> dict:
     tables = run.tables
     s, c, a, b = tables.selections, tables.candidates, tables.audit_events, tables.archive_batches
     with run.engine.connect() as connection:
-        selection = connection.execute(
-            select(s).where(s.c.dag_id == run.dag_id, s.c.run_id == run.run_id, s.c.rule == rule.id)
-        ).mappings().first()
+        selection = (
+            connection.execute(select(s).where(s.c.dag_id == run.dag_id, s.c.run_id == run.run_id, s.c.rule == rule.id))
+            .mappings()
+            .first()
+        )
         actions = connection.execute(
             select(a.c.action, a.c.table_name, func.count())
             .where(a.c.dag_id == run.dag_id, a.c.run_id == run.run_id, a.c.rule == rule.id)
@@ -51,6 +59,9 @@ def rule_report(run: RunContext, rule: Rule) -> dict:
                     .group_by(c.c.reason)
                 ).all()
             )
+            if rule.action == "reactivate":
+                outcome["notices_due"] = outcome.pop("notify", 0)
+                outcome |= notice_report(connection, run, rule, selection["id"])
             outcome["invalid_records"] = [
                 {"table": rule.table, "key": key, "reason": reason}
                 for key, reason in connection.execute(
@@ -99,14 +110,21 @@ def finish_run(run: RunContext, rules: list[Rule], step_results: dict[str, dict]
 
 
 COLUMNS = ("due", "held", "invalid", "archived", "erased", "erased_with_bundle", "pseudonymised", "purged")
+NOTICE_COLUMNS = ("notices_due", "emailed", "undeliverable", "deferred", "unsettled", "responded", "notices_open")
 
 
 def _compact(report: dict) -> dict:
     return {
         "as_of": report["as_of"],
         "policy_version": report["policy_version"],
-        "rules": {o["rule"]: {k: o.get(k, 0) for k in (*COLUMNS, "stage")} for o in report["rules"]},
+        "rules": {
+            o["rule"]: {k: o.get(k, 0) for k in (*COLUMNS, *_notice_columns(o), "stage")} for o in report["rules"]
+        },
     }
+
+
+def _notice_columns(outcome: dict) -> tuple[str, ...]:
+    return NOTICE_COLUMNS if outcome.get("action") == "reactivate" else ()
 
 
 def render_markdown(report: dict) -> str:
@@ -131,12 +149,19 @@ def render_markdown(report: dict) -> str:
 
 def _details(outcome: dict) -> list[str]:
     lines = []
+    if _notice_columns(outcome):
+        lines += ["", f"## {outcome['rule']}: reactivation notices", ""]
+        lines += [f"- {column.replace('_', ' ')}: {outcome.get(column, 0)}" for column in NOTICE_COLUMNS]
+        lines += [f"- deferred, {reason}: {count}" for reason, count in outcome.get("deferred_reasons", {}).items()]
     if outcome.get("skipped"):
         lines += ["", f"## {outcome['rule']}: left in place", ""]
         lines += [f"- {reason}: {count}" for reason, count in outcome["skipped"].items()]
     if outcome.get("invalid_records"):
         lines += ["", f"## {outcome['rule']}: invalid records (skipped)", ""]
         lines += [f"- {r['table']} {r['key']}: {r['reason']}" for r in outcome["invalid_records"]]
+    if outcome.get("purge_failed_batches"):
+        lines += ["", f"## {outcome['rule']}: batches the archive refused to purge (tried again next run)", ""]
+        lines += [f"- `{key}`" for key in outcome["purge_failed_batches"]]
     if outcome.get("batches"):
         lines += ["", f"## {outcome['rule']}: archive batches", ""]
         lines += [f"- `{b['key']}`: {b['rows']} rows, retain until {b['retain_until']}" for b in outcome["batches"]]

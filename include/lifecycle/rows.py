@@ -40,8 +40,13 @@ def _owner_emails(run, root_table: str, owners: list[int]) -> dict[int, object]:
         return {}
     root = run.policy.tables[root_table]
     query = statement(
-        run.engine, "fetch_rows.sql", expanding=("keys",),
-        table=root_table, columns=[root.key, root.email], match=root.key, key=root.key,
+        run.engine,
+        "fetch_rows.sql",
+        expanding=("keys",),
+        table=root_table,
+        columns=[root.key, root.email],
+        match=root.key,
+        key=root.key,
     )
     with run.engine.connect() as connection:
         return {row[0]: row[1] for row in connection.execute(query, {"keys": owners})}
@@ -62,8 +67,12 @@ class ArrowConverter:
         reflected = inspect(engine).get_columns(table)
         kinds = [_kind(column["type"]) for column in reflected]
         arrow_types = {
-            "int": pa.int64(), "bool": pa.bool_(), "timestamp": pa.timestamp("us", tz="UTC"),
-            "date": pa.date32(), "float": pa.float64(), "text": pa.string(),
+            "int": pa.int64(),
+            "bool": pa.bool_(),
+            "timestamp": pa.timestamp("us", tz="UTC"),
+            "date": pa.date32(),
+            "float": pa.float64(),
+            "text": pa.string(),
         }
         schema = pa.schema([(c["name"], arrow_types[kind]) for c, kind in zip(reflected, kinds, strict=True)])
         return cls([c["name"] for c in reflected], kinds, schema)

@@ -6,11 +6,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
+from lifecycle.mail import Mailer
 from lifecycle.policy import Policy, Rule
 from lifecycle.store import LifecycleTables, lifecycle_tables
+
+if TYPE_CHECKING:
+    from lifecycle.s3_archive import S3Options
+
+
+@dataclass(frozen=True)
+class NoticeSettings:
+    """How a run sends reactivation notices: the login link, the sender, and its limits."""
+
+    login_url: str = "https://smice.com/login"
+    sender: str = "SMICE <contact@smice.com>"
+    max_per_run: int = 500
+    max_per_minute: int = 60
 
 
 @dataclass
@@ -23,6 +38,12 @@ class RunContext:
     archive_uri: str
     reports_dir: Path
     volume_approved: bool = False
+    mailer: Mailer | None = None
+    notices: NoticeSettings = field(default_factory=NoticeSettings)
+    # A notice's grace must start when it reaches the smicer: a run acting for a past date sends none.
+    notices_allowed: bool = True
+    # How an s3:// archive is written and reached; None: the defaults and boto3's own credentials.
+    s3_options: S3Options | None = None
     # Holds are read as they stand when the run executes, whatever its as-of.
     today: date = field(default_factory=lambda: datetime.now(UTC).date())
 

@@ -10,6 +10,7 @@ from sqlalchemy import delete, insert, select, update
 from lifecycle.decide import DUE, HELD, INVALID, NOT_DUE, Decision, RuleReading, decide, label, query_parameters
 from lifecycle.periods import epoch_seconds
 from lifecycle.policy import Filter, Policy, Rule
+from lifecycle.reactivation import NOTIFY, with_notices
 from lifecycle.run import RunContext, now_utc_naive
 from lifecycle.sql import statement
 
@@ -26,7 +27,9 @@ def rule_sql_context(policy: Policy, rule: Rule, reading: RuleReading, legal_hol
             param = f"{prefix}_{i}"
             if flt.op == "eq":
                 params[param] = flt.value
-            rendered.append({"alias": alias or flt.column.alias, "column": flt.column.column, "op": flt.op, "param": param})
+            rendered.append(
+                {"alias": alias or flt.column.alias, "column": flt.column.column, "op": flt.op, "param": param}
+            )
         return rendered
 
     spec = policy.tables[rule.table]
@@ -101,7 +104,10 @@ class RuleSelector:
 
     def decide_rows(self, connection, rows: list[dict]) -> list[Decision]:
         latest = self._bundle_latest(connection, [row["record_key"] for row in rows]) if self.rule.bundle else {}
-        return [decide(self.reading, row, self.run.as_of, latest.get(row["record_key"])) for row in rows]
+        decisions = [decide(self.reading, row, self.run.as_of, latest.get(row["record_key"])) for row in rows]
+        if self.rule.action == "reactivate":
+            return with_notices(connection, self.run, self.rule, decisions)
+        return decisions
 
     def _bundle_latest(self, connection, owners: list[int]) -> dict[int, dict]:
         """Per smicer, the latest event timestamp of each column of each bundle member table."""
@@ -110,8 +116,12 @@ class RuleSelector:
         for member in bundle.members:
             columns = self.reading.bundle_events[member.table]
             query = statement(
-                self.run.engine, "bundle_latest_events.sql", expanding=("owners",),
-                table=member.table, link=member.link, columns=columns,
+                self.run.engine,
+                "bundle_latest_events.sql",
+                expanding=("owners",),
+                table=member.table,
+                link=member.link,
+                columns=columns,
             )
             for row in connection.execute(query, {"owners": owners}).mappings():
                 values = latest.setdefault(row["owner"], {})
@@ -123,7 +133,7 @@ def select_candidates(run: RunContext, rule: Rule) -> dict:
     """Stage the rule's decisions for this run (replacing those of an interrupted try) and count them."""
     selection_id = _open_selection(run, rule)
     candidates = run.tables.candidates
-    counts = {DUE: 0, HELD: 0, INVALID: 0, "to_archive": 0}
+    counts = {DUE: 0, HELD: 0, INVALID: 0, "to_archive": 0} | ({NOTIFY: 0} if rule.action == "reactivate" else {})
     for decisions in RuleSelector(run, rule).pages(rule.batch_size):
         staged = [_candidate_row(selection_id, d) for d in decisions if d.verdict != NOT_DUE]
         for d in decisions:
@@ -167,13 +177,22 @@ def _open_selection(run: RunContext, rule: Rule) -> int:
         ).scalar()
         if existing is not None:
             connection.execute(
-                delete(candidates).where(candidates.c.selection_id == existing, candidates.c.state != "erased")
+                # What the run already did stays recorded: erasures, and notices emailed or undeliverable.
+                delete(candidates).where(
+                    candidates.c.selection_id == existing,
+                    candidates.c.state.not_in(("erased", "emailed", "undeliverable")),
+                )
             )
             return existing
         result = connection.execute(
             insert(selections).values(
-                dag_id=run.dag_id, run_id=run.run_id, rule=rule.id, as_of=run.as_of_naive,
-                policy_version=run.policy.version, created_at=now_utc_naive(), stage="selecting",
+                dag_id=run.dag_id,
+                run_id=run.run_id,
+                rule=rule.id,
+                as_of=run.as_of_naive,
+                policy_version=run.policy.version,
+                created_at=now_utc_naive(),
+                stage="selecting",
             )
         )
         return result.inserted_primary_key[0]

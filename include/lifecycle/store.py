@@ -33,7 +33,8 @@ class LifecycleTables:
         self.metadata = MetaData(schema=schema)
         m = self.metadata
         self.runs = Table(
-            f"{prefix}runs", m,
+            f"{prefix}runs",
+            m,
             Column("dag_id", String(250), primary_key=True),
             Column("run_id", String(250), primary_key=True),
             Column("as_of", DateTime, nullable=False),
@@ -44,7 +45,8 @@ class LifecycleTables:
             Column("summary", Text),
         )
         self.selections = Table(
-            f"{prefix}selections", m,
+            f"{prefix}selections",
+            m,
             Column("id", Integer, primary_key=True, autoincrement=True),
             Column("dag_id", String(250), nullable=False),
             Column("run_id", String(250), nullable=False),
@@ -59,7 +61,8 @@ class LifecycleTables:
             UniqueConstraint("dag_id", "run_id", "rule"),
         )
         self.candidates = Table(
-            f"{prefix}candidates", m,
+            f"{prefix}candidates",
+            m,
             Column("selection_id", Integer, primary_key=True, autoincrement=False),
             Column("record_key", BigInteger, primary_key=True, autoincrement=False),
             Column("decision", String(12), nullable=False),  # due | held | invalid
@@ -68,11 +71,13 @@ class LifecycleTables:
             Column("due_epoch", BigInteger),
             Column("retain_until", Date),
             Column("archive_batch", BATCH_KEY),
-            Column("state", String(12), nullable=False),  # pending | erased | skipped | failed
+            # pending | erased | skipped | failed; a notice: emailed | undeliverable | deferred | skipped
+            Column("state", String(16), nullable=False),
             Index(f"{prefix}candidates_work", "selection_id", "decision", "state"),
         )
         self.archive_batches = Table(
-            f"{prefix}archive_batches", m,
+            f"{prefix}archive_batches",
+            m,
             Column("batch_key", BATCH_KEY, primary_key=True),
             Column("rule", String(64), nullable=False),
             Column("table_name", String(64), nullable=False),
@@ -88,7 +93,8 @@ class LifecycleTables:
             Column("purged_at", DateTime),
         )
         self.archived_records = Table(
-            f"{prefix}archived_records", m,
+            f"{prefix}archived_records",
+            m,
             Column("table_name", String(64), primary_key=True),
             Column("record_key", BigInteger, primary_key=True, autoincrement=False),
             Column("batch_key", BATCH_KEY, nullable=False, index=True),
@@ -97,7 +103,8 @@ class LifecycleTables:
             Column("subject_digest", String(64)),
         )
         self.audit_events = Table(
-            f"{prefix}audit_events", m,
+            f"{prefix}audit_events",
+            m,
             Column("id", Integer, primary_key=True, autoincrement=True),
             Column("recorded_at", DateTime, nullable=False),
             Column("dag_id", String(250), nullable=False),
@@ -111,8 +118,37 @@ class LifecycleTables:
             Column("as_of", DateTime, nullable=False),
             Index(f"{prefix}audit_events_record", "table_name", "record_key"),
         )
+        # The reactivation ledger: one row per smicer and inactivity cycle, never a person's data.
+        # States: deferred (tried, nothing recorded) -> pending (intent recorded before sending) ->
+        # sent | undeliverable (the notice, dated notice_as_of) -> responded | erased (cycle closed).
+        self.reactivation_notices = Table(
+            f"{prefix}reactivation_notices",
+            m,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("rule", String(64), nullable=False),
+            Column("record_key", BigInteger, nullable=False),  # the smicer
+            Column("cycle", Integer, nullable=False),
+            Column("inactive_since", DateTime, nullable=False),  # the last activity the cycle follows
+            Column("state", String(16), nullable=False),
+            Column("notice_as_of", DateTime, nullable=False),  # the notice's date: its grace counts from here
+            Column("message_id", String(250)),
+            Column("channel", String(16)),  # the mailer that took it: outbox | smtp
+            Column("language", String(8)),
+            Column("attempts", Integer, nullable=False),
+            Column("outcome", String(120)),  # how the last attempt ended: codes and reasons, no addresses
+            Column("dag_id", String(250), nullable=False),
+            Column("run_id", String(250), nullable=False),  # the run of the last attempt
+            Column("recorded_at", DateTime, nullable=False),
+            Column("handed_over_at", DateTime),  # the message left for the mail server or the outbox
+            Column("sent_at", DateTime),
+            Column("closed_at", DateTime),
+            Column("closed_run_id", String(250)),
+            UniqueConstraint("rule", "record_key", "cycle"),
+            Index(f"{prefix}reactivation_notices_state", "rule", "state"),
+        )
         self.legal_holds = Table(
-            f"{prefix}legal_holds", m,
+            f"{prefix}legal_holds",
+            m,
             Column("id", Integer, primary_key=True, autoincrement=True),
             Column("email_normalized", String(320)),
             Column("table_name", String(64)),

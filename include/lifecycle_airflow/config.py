@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import URL
 
+if TYPE_CHECKING:
+    from lifecycle.s3_archive import S3Options
+
 APP_CONN_ID = "smice_app"
+AWS_CONN_ID = "aws_default"
 ARCHIVE_VARIABLE = "lifecycle_archive_uri"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DRIVERS = {"postgres": "postgresql+psycopg2", "postgresql": "postgresql+psycopg2", "mysql": "mysql+pymysql"}
@@ -31,12 +36,14 @@ def app_database_url() -> str:
         connection = Connection.get(APP_CONN_ID)
     except AirflowNotFoundException:
         return default_app_url()
-    return connection_url(connection.conn_type, connection.host, connection.port, connection.login,
-                          connection.password, connection.schema)
+    return connection_url(
+        connection.conn_type, connection.host, connection.port, connection.login, connection.password, connection.schema
+    )
 
 
-def connection_url(conn_type: str, host: str | None, port: int | None, login: str | None,
-                   password: str | None, schema: str | None) -> str:
+def connection_url(
+    conn_type: str, host: str | None, port: int | None, login: str | None, password: str | None, schema: str | None
+) -> str:
     if conn_type == "sqlite":
         path = host or schema
         if not path:
@@ -46,8 +53,15 @@ def connection_url(conn_type: str, host: str | None, port: int | None, login: st
     if driver is None:
         raise ValueError(f"connection {APP_CONN_ID}: type {conn_type!r} is not supported (postgres, mysql, sqlite)")
     query = {"charset": "utf8mb4"} if driver.startswith("mysql") else {}
-    url = URL.create(driver, username=login or None, password=password or None, host=host, port=port,
-                     database=schema or None, query=query)
+    url = URL.create(
+        driver,
+        username=login or None,
+        password=password or None,
+        host=host,
+        port=port,
+        database=schema or None,
+        query=query,
+    )
     return url.render_as_string(hide_password=False)
 
 
@@ -55,6 +69,63 @@ def archive_uri() -> str:
     from airflow.sdk import Variable
 
     return Variable.get(ARCHIVE_VARIABLE, default=None) or (data_dir() / "archive").as_uri()
+
+
+def _flag(text: str) -> bool:
+    if text.strip().lower() not in ("true", "false"):
+        raise ValueError("expected true or false")
+    return text.strip().lower() == "true"
+
+
+def _mebibytes(text: str) -> int:
+    return int(text) << 20
+
+
+# Airflow variable -> (S3Options field, reading of its text). An unset variable keeps S3Options' default.
+S3_VARIABLES = {
+    "lifecycle_s3_storage_class": ("storage_class", str),
+    "lifecycle_s3_encryption": ("encryption", str),
+    "lifecycle_s3_kms_key_id": ("kms_key_id", str),
+    "lifecycle_s3_allow_outside_eea": ("allow_outside_eea", _flag),
+    "lifecycle_s3_multipart_threshold_mb": ("multipart_threshold", _mebibytes),
+    "lifecycle_s3_multipart_chunk_mb": ("multipart_chunk_size", _mebibytes),
+    "lifecycle_s3_max_attempts": ("max_attempts", int),
+}
+
+
+def archive_s3_options(uri: str) -> S3Options | None:
+    """For an s3:// archive, its options from the variables of S3_VARIABLES and its client from the
+    connection `aws_default`; None for any other archive."""
+    if not uri.startswith("s3://"):
+        return None
+    from airflow.sdk import Variable
+
+    from lifecycle.s3_archive import S3Options
+
+    options = {}
+    for variable, (name, read) in S3_VARIABLES.items():
+        text = Variable.get(variable, default=None)
+        if text not in (None, ""):
+            try:
+                options[name] = read(str(text))
+            except ValueError:
+                raise ValueError(f"Airflow variable {variable}: {text!r} cannot be read") from None
+    return S3Options(client_factory=s3_client, **options)
+
+
+def s3_client(botocore_config):
+    """A boto3 S3 client from the Amazon provider's S3Hook on `aws_default` (credentials, region and
+    endpoint_url in its extras; region eu-west-3 when it names none). The archive's bounded retries
+    apply unless the connection's `config_kwargs` set their own. get_client_type is what get_conn()
+    calls, here with that merged botocore config."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    from lifecycle.s3_archive import DEFAULT_REGION
+
+    hook = S3Hook(aws_conn_id=AWS_CONN_ID)
+    return hook.get_client_type(
+        region_name=hook.region_name or DEFAULT_REGION, config=botocore_config.merge(hook.config)
+    )
 
 
 def policy_path() -> str | None:

@@ -36,7 +36,8 @@ def build_dag(policy: Policy, purpose: Purpose) -> DAG:
         tags=["gdpr", "retention", purpose.id],
         params={
             "volume_approved": Param(
-                False, type="boolean",
+                False,
+                type="boolean",
                 description="Act even when a rule's candidates exceed its volume ceiling (POLICY.md).",
             ),
         },

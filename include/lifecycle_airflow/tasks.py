@@ -30,15 +30,17 @@ def run_context():
     context = get_current_context()
     dag_run = context["dag_run"]
     as_of = context.get("logical_date") or dag_run.run_after
+    archive_uri = config.archive_uri()
     return RunContext(
         engine=_engine(config.app_database_url()),
         policy=_policy(config.policy_path()),
         as_of=as_of,
         dag_id=dag_run.dag_id,
         run_id=dag_run.run_id,
-        archive_uri=config.archive_uri(),
+        archive_uri=archive_uri,
         reports_dir=config.reports_dir(),
         volume_approved=bool(context["params"].get("volume_approved", False)),
+        s3_options=config.archive_s3_options(archive_uri),
     )
 
 
@@ -70,15 +72,32 @@ def run_rule_step(rule_id: str, step_name: str) -> dict:
     from lifecycle.archive_store import ArchiveError
     from lifecycle.erasing import ErasureRefused
     from lifecycle.gates import GateFailed
-    from lifecycle.pipeline import run_step, steps_for
+    from lifecycle.pipeline import NOTIFY, run_step, steps_for
 
     run = run_context()
     rule = run.policy.rule(rule_id)
     step = next(step for step in steps_for(rule) if step.name == step_name)
+    if step is NOTIFY:
+        run = _with_mail(run)
     try:
         return run_step(run, rule, step)
     except (GateFailed, ErasureRefused, ArchiveError) as error:
         raise AirflowFailException(str(error)) from None
+
+
+def _with_mail(run):
+    """The run with what sending notices needs: the mailer, its settings, and whether it may send."""
+    from dataclasses import replace
+
+    from airflow.sdk import get_current_context
+
+    from lifecycle_airflow.mail import mailer_and_sender, notice_settings, notices_allowed
+
+    mailer, sender = mailer_and_sender()
+    run_type = get_current_context()["dag_run"].run_type
+    return replace(
+        run, mailer=mailer, notices=notice_settings(sender), notices_allowed=notices_allowed(run_type, run.as_of)
+    )
 
 
 def report_run(purpose_id: str) -> dict:
@@ -102,3 +121,44 @@ def report_run(purpose_id: str) -> dict:
 def rules_succeeded() -> dict:
     """Runs only when every step of every rule succeeded: a rule that failed fails the run."""
     return {"rules": "all succeeded"}
+
+
+def restore_evidence(params):
+    """One poke of `archive_restore`: ask S3 to restore what is still cold, copy what is readable.
+    Done when every requested batch is copied; XCom gets batch keys and states only."""
+    from airflow.sdk import PokeReturnValue
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from lifecycle.archive_store import open_archive_store
+    from lifecycle.restore import restore_batches
+
+    try:
+        requested = _restore_request(params)
+        destination = _restore_destination(params)
+    except ValueError as error:
+        raise AirflowFailException(str(error)) from None
+    uri = config.archive_uri()
+    store = open_archive_store(uri, config.archive_s3_options(uri))
+    outcomes = restore_batches(store, requested, destination, tier=params["tier"], days=params["days"])
+    return PokeReturnValue(
+        is_done=all(outcome.copied for outcome in outcomes),
+        xcom_value={outcome.batch_key: outcome.state for outcome in outcomes},
+    )
+
+
+def _restore_request(params) -> dict[str, list[int] | None]:
+    from lifecycle.restore import subject_batches
+
+    batch_key, email = (params.get("batch_key") or "").strip(), (params.get("email") or "").strip()
+    if bool(batch_key) == bool(email):
+        raise ValueError("give either batch_key or email, not both and not neither")
+    if batch_key:
+        return {batch_key: None}
+    return subject_batches(_engine(config.app_database_url()), email)
+
+
+def _restore_destination(params):
+    from lifecycle.restore import local_folder
+
+    destination = (params.get("destination") or "").strip()
+    return local_folder(destination) if destination else config.data_dir() / "restored"

@@ -6,11 +6,16 @@ import subprocess
 import sys
 
 import pytest
+
 from airflow_harness import PROJECT, dag_bag
 
 CONTRACT_DAG_IDS = {
-    "retention_account_services", "retention_customers_prospects", "retention_newsletters",
-    "retention_information_requests", "retention_test_applications", "retention_rights_requests",
+    "retention_account_services",
+    "retention_customers_prospects",
+    "retention_newsletters",
+    "retention_information_requests",
+    "retention_test_applications",
+    "retention_rights_requests",
     "retention_archive_expiry",
 }
 HEAVY_MODULES = ("great_expectations", "boto3", "botocore", "pyarrow", "pandas", "faker")
@@ -47,6 +52,7 @@ def test_every_rule_has_its_steps_in_order(bag):
         assert f"account-closed.{upstream}" in dag.get_task(f"account-closed.{downstream}").upstream_task_ids
     assert dag.get_task("report").is_teardown
     assert "account-closed.verify_erase" in dag.get_task("account-inactive.select").upstream_task_ids
+    assert "account-inactive.verify_erase" in dag.get_task("account-inactive.notify").upstream_task_ids
 
 
 def test_parsing_imports_no_heavy_sdk():

@@ -7,22 +7,24 @@ import json
 from datetime import UTC, datetime
 
 import pytest
-from airflow_harness import run_dag, run_log, task_states, xcoms
 
+from airflow_harness import run_dag, run_log, task_states, xcoms
 from lifecycle.appschema import create_app_schema
 from lifecycle.demo.seed import seed_demo
 from lifecycle.store import make_engine
-from tests.lifecycle_helpers import add
+from tests.lifecycle_helpers import POLICY, add
 
 AS_OF = datetime(2026, 11, 25, tzinfo=UTC)
-DAG_IDS = [
-    "retention_account_services", "retention_customers_prospects", "retention_newsletters",
-    "retention_information_requests", "retention_test_applications", "retention_rights_requests",
-    "retention_archive_expiry",
-]
+DAG_IDS = [purpose.dag_id for purpose in POLICY.purposes]
 # Recognisable personal data, seeded where every kind of decision meets it.
-CANARIES = ("Zebulon", "Quintessenza", "zebulon.quintessenza@canary-pii.example", "+33 6 12 34 56 78",
-            "FR7630006000011234567890189", "17 rue des Canaris")
+CANARIES = (
+    "Zebulon",
+    "Quintessenza",
+    "zebulon.quintessenza@canary-pii.example",
+    "+33 6 12 34 56 78",
+    "FR7630006000011234567890189",
+    "17 rue des Canaris",
+)
 
 
 @pytest.fixture
@@ -41,18 +43,53 @@ def application(tmp_path, monkeypatch, airflow_home):
 def _seed_canaries(engine) -> None:
     name, surname, email, phone, iban, street = CANARIES
     person = {"first_name": name, "last_name": surname, "phone": phone}
-    closed = add(engine, "smicers", id=900001, email=email, iban=iban, postal_address=street,
-                 created_at=datetime(2021, 1, 1), last_login_at=datetime(2025, 1, 1),
-                 closed_at=datetime(2025, 2, 1), **person)
-    add(engine, "connection_logs", id=900002, smicer_id=closed, connected_at=datetime(2025, 1, 1),
-        user_agent=f"{name} {surname}'s browser")
+    closed = add(
+        engine,
+        "smicers",
+        id=900001,
+        email=email,
+        iban=iban,
+        postal_address=street,
+        created_at=datetime(2021, 1, 1),
+        last_login_at=datetime(2025, 1, 1),
+        closed_at=datetime(2025, 2, 1),
+        **person,
+    )
+    add(
+        engine,
+        "connection_logs",
+        id=900002,
+        smicer_id=closed,
+        connected_at=datetime(2025, 1, 1),
+        user_agent=f"{name} {surname}'s browser",
+    )
     add(engine, "prospects", id=900003, email=f" {email.upper()} ", created_at=datetime(2020, 1, 1), **person)
-    add(engine, "prospects", id=900004, email=email, created_at=datetime(2020, 1, 1),
-        last_contact_at=datetime(2027, 1, 1), **person)
-    add(engine, "contact_requests", id=900005, email=email, full_name=f"{name} {surname}",
-        message=f"Call me on {phone}", received_at=datetime(2021, 1, 1))
-    add(engine, "newsletter_subscriptions", id=900006, email=email, consented_at=datetime(2020, 1, 1),
-        withdrawn_at=datetime(2026, 1, 1))
+    add(
+        engine,
+        "prospects",
+        id=900004,
+        email=email,
+        created_at=datetime(2020, 1, 1),
+        last_contact_at=datetime(2027, 1, 1),
+        **person,
+    )
+    add(
+        engine,
+        "contact_requests",
+        id=900005,
+        email=email,
+        full_name=f"{name} {surname}",
+        message=f"Call me on {phone}",
+        received_at=datetime(2021, 1, 1),
+    )
+    add(
+        engine,
+        "newsletter_subscriptions",
+        id=900006,
+        email=email,
+        consented_at=datetime(2020, 1, 1),
+        withdrawn_at=datetime(2026, 1, 1),
+    )
 
 
 def test_every_retention_dag_runs_end_to_end_without_leaking_personal_data(application, tmp_path):
@@ -60,8 +97,10 @@ def test_every_retention_dag_runs_end_to_end_without_leaking_personal_data(appli
 
     for dag_id, (state, dag_run) in runs.items():
         assert state == "success", (dag_id, task_states(dag_run))
-    reports = {path.parent.parent.name: json.loads(path.read_text())
-               for path in (tmp_path / "data" / "reports").glob("*/*/report.json")}
+    reports = {
+        path.parent.parent.name: json.loads(path.read_text())
+        for path in (tmp_path / "data" / "reports").glob("*/*/report.json")
+    }
     assert set(reports) == set(DAG_IDS)
     outcomes = {o["rule"]: o for report in reports.values() for o in report["rules"]}
     assert outcomes["account-closed"]["erased"] >= 1 and outcomes["account-closed"]["archived"] >= 1

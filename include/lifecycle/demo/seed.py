@@ -26,7 +26,13 @@ MINIMUM_SIZE = 20
 LOCALE_WEIGHTS = {"fr": 70, "nl": 20, "en": 10}
 FAKER_LOCALES = ("fr_FR", "nl_BE", "nl_NL", "en_GB")
 RIGHTS_REQUEST_KINDS = (
-    "access", "rectification", "restriction", "erasure", "objection", "portability", "withdraw_consent",
+    "access",
+    "rectification",
+    "restriction",
+    "erasure",
+    "objection",
+    "portability",
+    "withdraw_consent",
     "post_mortem",
 )
 MALFORMED_EMAILS = (None, "not-an-email", " Trailing@Example.ORG ")
@@ -52,20 +58,38 @@ DESKTOP_OPERATING_SYSTEMS = ("Windows 11", "macOS 15", "Ubuntu 24.04")
 MOBILE_OPERATING_SYSTEMS = ("iOS 19", "Android 16")
 PAGES = ("/", "/missions", "/missions/{n}", "/account", "/account/payments", "/apply", "/faq", "/contact")
 MISSION_REPORTS = {
-    "fr": ("Accueil souriant, attente de {n} minutes, conseils pertinents.", "Magasin propre, caisse rapide.",
-           "Vendeur peu disponible, {n} minutes avant d'être servi."),
-    "nl": ("Vriendelijk onthaal, {n} minuten gewacht, goed advies.", "Winkel netjes, snelle kassa.",
-           "Verkoper weinig beschikbaar, {n} minuten gewacht."),
-    "en": ("Friendly welcome, waited {n} minutes, helpful advice.", "Clean store, quick checkout.",
-           "Staff hard to find, waited {n} minutes to be served."),
+    "fr": (
+        "Accueil souriant, attente de {n} minutes, conseils pertinents.",
+        "Magasin propre, caisse rapide.",
+        "Vendeur peu disponible, {n} minutes avant d'être servi.",
+    ),
+    "nl": (
+        "Vriendelijk onthaal, {n} minuten gewacht, goed advies.",
+        "Winkel netjes, snelle kassa.",
+        "Verkoper weinig beschikbaar, {n} minuten gewacht.",
+    ),
+    "en": (
+        "Friendly welcome, waited {n} minutes, helpful advice.",
+        "Clean store, quick checkout.",
+        "Staff hard to find, waited {n} minutes to be served.",
+    ),
 }
 CONTACT_MESSAGES = {
-    "fr": ("Bonjour, comment devenir smicer ?", "Quand serai-je payé pour ma dernière mission ?",
-           "Pouvez-vous me rappeler au sujet de vos offres ?"),
-    "nl": ("Hallo, hoe word ik smicer?", "Wanneer word ik betaald voor mijn laatste missie?",
-           "Kunt u mij terugbellen over uw aanbod?"),
-    "en": ("Hello, how do I become a smicer?", "When will my last mission be paid?",
-           "Could you call me back about your offer?"),
+    "fr": (
+        "Bonjour, comment devenir smicer ?",
+        "Quand serai-je payé pour ma dernière mission ?",
+        "Pouvez-vous me rappeler au sujet de vos offres ?",
+    ),
+    "nl": (
+        "Hallo, hoe word ik smicer?",
+        "Wanneer word ik betaald voor mijn laatste missie?",
+        "Kunt u mij terugbellen over uw aanbod?",
+    ),
+    "en": (
+        "Hello, how do I become a smicer?",
+        "When will my last mission be paid?",
+        "Could you call me back about your offer?",
+    ),
 }
 REJECTION_REASONS = {
     "fr": ("Score insuffisant.", "Rapport de test incomplet."),
@@ -261,7 +285,8 @@ class _DemoData:
     def _smicers(self) -> list[_Smicer]:
         closed = _share(self.size, 0.05, minimum=4)
         kinds = (
-            ["closed-before-created"] + ["closed-long-ago"] * (closed // 3)
+            ["closed-before-created"]
+            + ["closed-long-ago"] * (closed // 3)
             + ["closed"] * (closed - 1 - closed // 3)
             + ["inactive"] * _share(self.size, 0.08, minimum=len(MALFORMED_EMAILS) + 1)
             + ["new-unused"] * _share(self.size, 0.03)
@@ -305,9 +330,7 @@ class _DemoData:
         for smicer in smicers:
             fake = self.fakers[smicer.faker_locale]
             smicer.first_name, smicer.last_name = fake.first_name(), fake.last_name()
-            smicer.email = self._personal_email(
-                smicer.first_name, smicer.last_name, smicer.id, smicer.faker_locale
-            )
+            smicer.email = self._personal_email(smicer.first_name, smicer.last_name, smicer.id, smicer.faker_locale)
         oldest_inactive = [smicer for smicer in smicers if smicer.kind == "inactive"]
         for smicer, malformed in zip(oldest_inactive, MALFORMED_EMAILS):
             smicer.email = malformed
@@ -371,8 +394,7 @@ class _DemoData:
         ]
         visitors_since = self.as_of - timedelta(days=OLDEST_EVENT)
         rows += [
-            self._browsing_event(None, self._recent_activity(visitors_since, self.as_of))
-            for _ in range(len(rows) // 3)
+            self._browsing_event(None, self._recent_activity(visitors_since, self.as_of)) for _ in range(len(rows) // 3)
         ]
         return _numbered(rows, "occurred_at")
 
@@ -391,9 +413,12 @@ class _DemoData:
     def _test_applications(self, smicers: list[_Smicer]) -> list[dict]:
         total = _share(self.size, 0.4, minimum=10)
         outcomes = (
-            ["accepted"] * _share(total, 0.08) + ["accepted-undecided"]
-            + ["rejected-long-ago"] * _share(total, 0.08) + ["rejected-long-ago-without-end"]
-            + ["rejected-recently"] * _share(total, 0.2) + ["rejected-recently-without-end"]
+            ["accepted"] * _share(total, 0.08)
+            + ["accepted-undecided"]
+            + ["rejected-long-ago"] * _share(total, 0.08)
+            + ["rejected-long-ago-without-end"]
+            + ["rejected-recently"] * _share(total, 0.2)
+            + ["rejected-recently-without-end"]
         )
         outcomes += ["pending"] * (total - len(outcomes))
         active = [smicer for smicer in smicers if smicer.kind == "active"]
@@ -420,9 +445,7 @@ class _DemoData:
             "score": self._score(decision) if test_ended_at else None,
             "decision": decision,
             "decided_at": min(decided_at, self.as_of) if decided_at else None,
-            "rejection_reason": (
-                self.rng.choice(REJECTION_REASONS[smicer.locale]) if decision == "rejected" else None
-            ),
+            "rejection_reason": (self.rng.choice(REJECTION_REASONS[smicer.locale]) if decision == "rejected" else None),
         }
 
     def _score(self, decision: str) -> int:
@@ -439,11 +462,7 @@ class _DemoData:
 
     def _clients(self) -> list[dict]:
         total = _share(self.size, 0.1, minimum=8)
-        contracts = (
-            ["ended-recently"] * _share(total, 0.1)
-            + ["ended-long-ago"] * _share(total, 0.1)
-            + ["ending-later"]
-        )
+        contracts = ["ended-recently"] * _share(total, 0.1) + ["ended-long-ago"] * _share(total, 0.1) + ["ending-later"]
         contracts += ["running"] * (total - len(contracts))
         rows = [self._client(contract) for contract in contracts]
         # The oldest client's running contract covers every mission date.
@@ -530,8 +549,10 @@ class _DemoData:
     def _prospects(self) -> list[dict]:
         total = _share(self.size, 0.5, minimum=10)
         histories = (
-            ["contacted-long-ago"] * _share(total, 0.05) + ["never-contacted-long-ago"] * _share(total, 0.05)
-            + ["contacted-again"] * _share(total, 0.05) + ["contact-after-as-of"]
+            ["contacted-long-ago"] * _share(total, 0.05)
+            + ["never-contacted-long-ago"] * _share(total, 0.05)
+            + ["contacted-again"] * _share(total, 0.05)
+            + ["contact-after-as-of"]
         )
         histories += ["recent"] * (total - len(histories))
         return _numbered([self._prospect(history) for history in histories], "created_at")
@@ -572,14 +593,14 @@ class _DemoData:
         )
         total = _share(self.size, 0.5, minimum=10)
         histories = (
-            ["withdrawn"] * _share(total, 0.05) + ["contacted-long-ago"] * _share(total, 0.04)
+            ["withdrawn"] * _share(total, 0.05)
+            + ["contacted-long-ago"] * _share(total, 0.04)
             + ["consented-long-ago"] * _share(total, 0.03)
         )
         histories += ["current"] * (total - len(histories))
         subscribers = self.rng.sample(audiences, total)
         rows = [
-            self._subscription(history, audience, email)
-            for history, (audience, email) in zip(histories, subscribers)
+            self._subscription(history, audience, email) for history, (audience, email) in zip(histories, subscribers)
         ]
         return _numbered(rows, "consented_at")
 
@@ -609,7 +630,8 @@ class _DemoData:
     def _contact_requests(self) -> list[dict]:
         total = _share(self.size, 0.25, minimum=10)
         histories = (
-            ["unanswered-long-ago"] * _share(total, 0.06) + ["answered-long-ago"] * _share(total, 0.04)
+            ["unanswered-long-ago"] * _share(total, 0.06)
+            + ["answered-long-ago"] * _share(total, 0.04)
             + ["answered-again"] * _share(total, 0.02)
         )
         histories += ["recent"] * (total - len(histories))
@@ -656,15 +678,14 @@ class _DemoData:
     def _rights_requests(self, smicers: list[_Smicer], prospects: list[dict]) -> list[dict]:
         total = _share(self.size, 0.2, minimum=16)
         states = (
-            ["open-verified"] * _share(total, 0.1) + ["done"] * _share(total, 0.35)
-            + ["refused"] * _share(total, 0.1)
+            ["open-verified"] * _share(total, 0.1) + ["done"] * _share(total, 0.35) + ["refused"] * _share(total, 0.1)
         )
         states += ["open-unverified"] * (total - len(states))
         self.rng.shuffle(states)
         held = next(smicer for smicer in smicers if smicer.kind == "closed")
-        emails = [
-            smicer.email for smicer in smicers if smicer.email not in MALFORMED_EMAILS and smicer is not held
-        ] + [prospect["email"] for prospect in prospects]
+        emails = [smicer.email for smicer in smicers if smicer.email not in MALFORMED_EMAILS and smicer is not held] + [
+            prospect["email"] for prospect in prospects
+        ]
         rows = [
             self._rights_request(state, RIGHTS_REQUEST_KINDS[number % len(RIGHTS_REQUEST_KINDS)], emails)
             for number, state in enumerate(states)

@@ -1,0 +1,56 @@
+"""The on-demand DAG `archive_restore`: archived evidence back out of the cold archive, for a batch
+or for one person's records. Its one task is a sensor in reschedule mode: each poke asks S3 to
+restore what is still cold and copies what is readable; it holds no worker slot in between."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import DAG, BaseSensorOperator, Param
+
+from lifecycle_airflow import tasks
+from lifecycle_airflow.factory import DEFAULT_ARGS
+
+DAG_ID = "archive_restore"
+POKE_INTERVAL = timedelta(hours=1)
+# DEEP_ARCHIVE's Bulk tier takes up to 48 hours.
+RESTORE_TIMEOUT = timedelta(days=3)
+
+DOC = """# Restore archived evidence
+
+Trigger with either `batch_key` (a batch of a retention run's report) or `email` (every archived
+record of that person, found by the digest of the address; only their rows are copied). Parts in
+`DEEP_ARCHIVE` or `GLACIER` are restored first (`tier`: Bulk, Standard or Expedited; `days`: how long
+S3 keeps the restored copy); the task waits, rescheduled every hour, then copies the records, each
+part checked against its manifest's SHA-256, to `destination` (`file:///abs/dir`; empty: the
+local data folder's `restored/`). See docs/s3-archive.md for retrieval times.
+"""
+
+
+class RestoreEvidenceSensor(BaseSensorOperator):
+    def poke(self, context):
+        return tasks.restore_evidence(context["params"])
+
+
+def build_restore_dag() -> DAG:
+    with DAG(
+        dag_id=DAG_ID,
+        description="Restore archived evidence for a batch or a person",
+        doc_md=DOC,
+        schedule=None,
+        start_date=datetime(2026, 1, 1, tzinfo=UTC),
+        catchup=False,
+        default_args=DEFAULT_ARGS,
+        tags=["gdpr", "archive", "restore"],
+        params={
+            "batch_key": Param("", type="string", description="A batch key, as in the run reports."),
+            "email": Param("", type="string", description="Or: the address whose archived records to restore."),
+            "destination": Param("", type="string", description="file:///abs/dir (empty: data folder's restored/)."),
+            "tier": Param("Bulk", enum=["Bulk", "Standard", "Expedited"], description="S3 restore tier."),
+            "days": Param(3, type="integer", minimum=1, description="Days S3 keeps the restored copy."),
+        },
+    ) as dag:
+        RestoreEvidenceSensor(
+            task_id="restore", poke_interval=POKE_INTERVAL, timeout=RESTORE_TIMEOUT, mode="reschedule"
+        )
+    return dag

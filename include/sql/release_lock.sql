@@ -1,0 +1,5 @@
+{% if dialect == 'postgresql' %}
+SELECT pg_advisory_unlock(:key)
+{% else %}
+SELECT RELEASE_LOCK(:name)
+{% endif %}
