@@ -189,17 +189,17 @@ def app_engine(db_url: str) -> Iterator[Engine]:
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
     """An engine as the pipeline makes it, on `db_url`, with the application schema and the pipeline's tables."""
-    engine = make_engine(db_url)
-    create_app_schema(engine)
-    ensure_lifecycle_tables(engine)
-    yield engine
-    engine.dispose()
+    yield from _pipeline_engine(db_url)
 
 
 @pytest.fixture
 def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
     """The same on SQLite only, for tests whose subject is not the database."""
-    engine = make_engine(sqlite_url)
+    yield from _pipeline_engine(sqlite_url)
+
+
+def _pipeline_engine(url: str) -> Iterator[Engine]:
+    engine = make_engine(url)
     create_app_schema(engine)
     ensure_lifecycle_tables(engine)
     yield engine

@@ -15,6 +15,15 @@ from lifecycle.reporting import finish_run, start_run
 from lifecycle.run import RunContext
 
 POLICY = load_policy()
+# Recognisable personal data of a smicer, for tests proving it reaches no log, report or email.
+CANARY = {
+    "first_name": "Zebulon",
+    "last_name": "Quintessenza",
+    "phone": "+33 6 12 34 56 78",
+    "iban": "FR7630006000011234567890189",
+    "postal_address": "17 rue des Canaris",
+    "delivery_address": "4 allée des Mésanges",
+}
 _ids = itertools.count(1)
 
 DEFAULTS = {

@@ -17,18 +17,10 @@ from lifecycle.notifying import Throttle
 from lifecycle.pipeline import run_rule
 from lifecycle.reporting import finish_run, start_run
 from smtp_fixtures import free_port, silent_server, smtp_client
-from tests.lifecycle_helpers import POLICY, add, exists, make_run, utc
+from tests.lifecycle_helpers import CANARY, POLICY, add, exists, make_run, utc
 
 NOTICE_DAY = utc(2026, 11, 25)
 RULE = "account-inactive"
-CANARY = {
-    "first_name": "Zebulon",
-    "last_name": "Quintessenza",
-    "phone": "+33 6 12 34 56 78",
-    "iban": "FR7630006000011234567890189",
-    "postal_address": "17 rue des Canaris",
-    "delivery_address": "4 allée des Mésanges",
-}
 NOT_IN_THE_EMAIL = [value for name, value in CANARY.items() if name != "first_name"]
 
 

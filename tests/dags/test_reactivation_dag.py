@@ -13,18 +13,11 @@ import pytest
 from airflow_harness import run_dag, run_log, task_states, xcoms
 from lifecycle.appschema import create_app_schema
 from lifecycle.store import make_engine
-from tests.lifecycle_helpers import add
+from tests.lifecycle_helpers import CANARY, add
 
 # Notices go out only for a current as-of (lifecycle_airflow.mail.NOTICE_LATENESS): today's.
 AS_OF = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 LOGIN_URL = "https://smice.example/login"
-CANARY = {
-    "first_name": "Zebulon",
-    "last_name": "Quintessenza",
-    "phone": "+33 6 12 34 56 78",
-    "iban": "FR7630006000011234567890189",
-    "postal_address": "17 rue des Canaris",
-}
 CANARY_EMAIL = "zebulon.quintessenza@canary-pii.example"
 REFUSED_EMAIL = "refused.quintessenza@canary-pii.example"
 PERSONAL_DATA = (*CANARY.values(), CANARY_EMAIL, REFUSED_EMAIL, "plain@example.org")
