@@ -419,3 +419,17 @@ def test_the_bucket_check_says_what_is_missing_and_passes_a_bucket_set_up_right(
     assert bucket_check.main([f"s3://{ready}/{PREFIX}", "--endpoint-url", moto_endpoint]) == 0
     assert "6 of 6 checks pass" in capsys.readouterr().out
     assert bucket_check.main(["s3://no-such-bucket-here", "--endpoint-url", moto_endpoint]) == 2
+
+
+def test_an_identity_document_scan_on_s3_is_erased_with_every_version(engine, s3, moto_endpoint, tmp_path):
+    bucket = new_bucket(s3, object_lock=False)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    for content in (b"first scan", b"second scan"):
+        s3.put_object(Bucket=bucket, Key="scans/id-1.pdf", Body=content)
+    request = add(engine, "rights_requests", identity_verified_at=datetime(2026, 1, 5))
+    document = add(engine, "identity_documents", rights_request_id=request, storage_uri=f"s3://{bucket}/scans/id-1.pdf")
+
+    run_rules(engine, AS_OF, tmp_path, ["identity-documents"], s3_options=s3_options(moto_endpoint))
+
+    assert not exists(engine, "identity_documents", document)
+    assert s3.list_object_versions(Bucket=bucket, Prefix="scans/").get("Versions", []) == []

@@ -14,6 +14,7 @@ from lifecycle.decide import DUE
 from lifecycle.policy import Rule
 from lifecycle.reactivation import mark_erased
 from lifecycle.run import RunContext, now_utc_naive
+from lifecycle.s3_archive import S3Options
 from lifecycle.select import RuleSelector, selection_id_of
 from lifecycle.sql import render, statement
 
@@ -166,7 +167,7 @@ class _Eraser:
         )
         kept = dict(erasable)
         for key, location in connection.execute(query, {"keys": list(erasable)}).all():
-            if not erase_stored_file(location):
+            if not erase_stored_file(location, self.run.s3_options):
                 del kept[key]
                 self._mark(connection, [key], "failed", "stored file not erased")
                 self.counts["failed:stored file not erased"] += 1
@@ -247,14 +248,33 @@ class _Eraser:
         )
 
 
-def erase_stored_file(location: str) -> bool:
-    """Delete a stored scan; an already missing file counts as erased (a retried run finds it gone)."""
+def erase_stored_file(location: str, s3_options: S3Options | None = None) -> bool:
+    """Delete a stored scan; an already missing one counts as erased (a retried run finds it gone)."""
     parsed = urlparse(location or "")
+    if parsed.scheme == "s3":
+        return _erase_s3_object(parsed.netloc, parsed.path.lstrip("/"), s3_options or S3Options())
     if parsed.scheme != "file":
         return False
     try:
         Path(unquote(parsed.path)).unlink(missing_ok=True)
     except OSError:
+        return False
+    return True
+
+
+def _erase_s3_object(bucket: str, key: str, s3_options: S3Options) -> bool:
+    """Every version of the object, so that no earlier copy of the scan survives in a versioned bucket."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = s3_options.client()
+    try:
+        listing = client.list_object_versions(Bucket=bucket, Prefix=key)
+        versions = [v for v in listing.get("Versions", []) + listing.get("DeleteMarkers", []) if v["Key"] == key]
+        for version in versions:
+            client.delete_object(Bucket=bucket, Key=key, VersionId=version["VersionId"])
+        if not versions:
+            client.delete_object(Bucket=bucket, Key=key)
+    except (BotoCoreError, ClientError):
         return False
     return True
 

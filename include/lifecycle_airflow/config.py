@@ -93,14 +93,15 @@ S3_VARIABLES = {
 }
 
 
-def archive_s3_options(uri: str) -> S3Options | None:
-    """For an s3:// archive, its options from the variables of S3_VARIABLES and its client from the
-    connection `aws_default`; None for any other archive."""
-    if not uri.startswith("s3://"):
-        return None
+def archive_s3_options(uri: str) -> S3Options:
+    """For an s3:// archive, its options from the variables of S3_VARIABLES; for any archive, the client
+    of the connection `aws_default` (it also erases identity-document scans stored on S3)."""
     from airflow.sdk import Variable
 
     from lifecycle.s3_archive import S3Options
+
+    if not uri.startswith("s3://"):
+        return S3Options(client_factory=s3_client)
 
     options = {}
     for variable, (name, read) in S3_VARIABLES.items():
