@@ -6,9 +6,7 @@ here imports Airflow at module level.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import re
 import subprocess
@@ -17,8 +15,10 @@ import tempfile
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 from unittest import mock
+
+from lifecycle_airflow.capture import output_to
 
 if TYPE_CHECKING:
     from airflow.dag_processing.dagbag import DagBag
@@ -73,7 +73,7 @@ def run_dag(
     with (
         tempfile.NamedTemporaryFile("a", buffering=1, dir=log_dir, suffix=".partial", delete=False) as out,
         mock.patch.dict(os.environ, {"AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles)}),
-        _output_to(out),
+        output_to(out),
     ):
         dag_run = dag.test(logical_date=_utc(logical_date), run_conf=conf)
     os.replace(out.name, log_dir / f"{dag_run.run_id}.log")
@@ -147,36 +147,3 @@ def _key(task_id: str, map_index: int) -> str:
 def _utc(value: datetime | str) -> datetime:
     value = datetime.fromisoformat(value) if isinstance(value, str) else value
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
-@contextlib.contextmanager
-def _output_to(out: TextIO):
-    """Send all this process writes to ``out``: sys.stdout/err, logging handlers, fds 1 and 2.
-
-    Airflow's structlog loggers write to the sys.stdout of the moment (pytest turns their
-    caching off) or, cached, to the original one, which the fd redirection catches.
-    """
-    handlers = dict.fromkeys(
-        handler
-        for logger in (logging.root, *logging.Logger.manager.loggerDict.values())
-        for handler in getattr(logger, "handlers", ())
-        if type(handler) is logging.StreamHandler
-    )
-    streams = (sys.stdout, sys.stderr)
-    for stream in streams:
-        stream.flush()
-    saved_fds = [os.dup(1), os.dup(2)]
-    saved_streams = [handler.setStream(out) for handler in handlers]
-    try:
-        os.dup2(out.fileno(), 1)
-        os.dup2(out.fileno(), 2)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            yield
-    finally:
-        for stream in (*streams, out):
-            stream.flush()
-        for fd, saved in zip((1, 2), saved_fds):
-            os.dup2(saved, fd)
-            os.close(saved)
-        for handler, stream in zip(handlers, saved_streams):
-            handler.setStream(stream)

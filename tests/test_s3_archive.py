@@ -167,15 +167,19 @@ def test_a_large_part_goes_up_in_chunks_each_checked_by_s3(
             assert locked_until(stored) == midnight_utc(RETAIN_UNTIL)
 
 
-@pytest.mark.parametrize("damage", ["corrupted", "missing"])
-def test_a_corrupted_or_missing_part_stops_the_erase(engine, s3, locked_bucket, moto_endpoint, tmp_path, damage):
-    smicer = closed_smicer(engine)
-    run = make_run(
-        engine, AS_OF, tmp_path, archive_uri=f"s3://{locked_bucket}/{PREFIX}", s3_options=s3_options(moto_endpoint)
-    )
+def archived_not_yet_verified(engine, tmp_path, bucket, endpoint):
+    """A run of account-closed stopped after its archive step."""
+    run = make_run(engine, AS_OF, tmp_path, archive_uri=f"s3://{bucket}/{PREFIX}", s3_options=s3_options(endpoint))
     rule = POLICY.rule("account-closed")
     for step in (SELECT, GATE, ARCHIVE):
         run_step(run, rule, step)
+    return run, rule
+
+
+@pytest.mark.parametrize("damage", ["corrupted", "missing"])
+def test_a_corrupted_or_missing_part_stops_the_erase(engine, s3, locked_bucket, moto_endpoint, tmp_path, damage):
+    smicer = closed_smicer(engine)
+    run, rule = archived_not_yet_verified(engine, tmp_path, locked_bucket, moto_endpoint)
     part = next(m for m in manifests(s3, locked_bucket).values() if m["table"] == "smicers")["files"][0]["key"]
     if damage == "corrupted":
         s3.put_object(Bucket=locked_bucket, Key=f"{PREFIX}/{part}", Body=b"not the archived rows")
@@ -239,12 +243,7 @@ def test_an_endpoint_failing_during_verification_leaves_everything_in_place(
     engine, locked_bucket, moto_endpoint, failing_endpoint, tmp_path
 ):
     smicer = closed_smicer(engine)
-    run = make_run(
-        engine, AS_OF, tmp_path, archive_uri=f"s3://{locked_bucket}/{PREFIX}", s3_options=s3_options(moto_endpoint)
-    )
-    rule = POLICY.rule("account-closed")
-    for step in (SELECT, GATE, ARCHIVE):
-        run_step(run, rule, step)
+    run, rule = archived_not_yet_verified(engine, tmp_path, locked_bucket, moto_endpoint)
 
     with pytest.raises(ArchiveError, match=r"SlowDown \(HTTP 503\)"):
         run_step(dataclasses.replace(run, s3_options=s3_options(failing_endpoint.url)), rule, VERIFY_ARCHIVE)

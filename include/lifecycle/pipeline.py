@@ -21,16 +21,15 @@ class Step:
     name: str
     action: Callable[[RunContext, Rule], dict]
     stage: str
-    destructive: bool = False
 
 
 SELECT = Step("select", select_candidates, "selected")
 GATE = Step("gate", gate_candidates, "gated")
 ARCHIVE = Step("archive", archive_due, "archived")
 VERIFY_ARCHIVE = Step("verify_archive", verify_archive, "archive_verified")
-ERASE = Step("erase", erase_due, "erased", destructive=True)
+ERASE = Step("erase", erase_due, "erased")
 VERIFY_ERASE = Step("verify_erase", verify_erased, "erase_verified")
-PURGE = Step("purge", purge_expired, "purged", destructive=True)
+PURGE = Step("purge", purge_expired, "purged")
 NOTIFY = Step("notify", notify_inactive, "notified")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -66,9 +66,6 @@ class Parent:
 class VolumeCeiling:
     count: int
     share: float
-
-    def allows(self, candidates: int, table_rows: int) -> bool:
-        return candidates <= self.count or candidates <= self.share * table_rows
 
 
 @dataclass(frozen=True)
@@ -167,7 +164,6 @@ class Policy:
     bundles: dict[str, Bundle]
     restriction_holds: RestrictionHolds
     purposes: tuple[Purpose, ...]
-    raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     def rules(self) -> tuple[Rule, ...]:
         return tuple(rule for purpose in self.purposes for rule in purpose.rules)
@@ -185,12 +181,6 @@ class Policy:
                 if member.table == table:
                     return bundle, member
         return None
-
-    def purpose_of_dag(self, dag_id: str) -> Purpose:
-        for purpose in self.purposes:
-            if purpose.dag_id == dag_id:
-                return purpose
-        raise KeyError(dag_id)
 
 
 def load_policy(path: Path | str | None = None) -> Policy:
@@ -240,7 +230,6 @@ class _PolicyReader:
             bundles=self.bundles,
             restriction_holds=self._restriction_holds(),
             purposes=purposes,
-            raw=self.data,
         )
 
     def _unique(self, values: list[str], what: str) -> None:

@@ -9,9 +9,7 @@ runs again N days later: past the 30-day grace period, the others are erased.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -27,6 +25,7 @@ from lifecycle.policy import load_policy
 from lifecycle.reporting import COLUMNS, NOTICE_COLUMNS
 from lifecycle.store import lifecycle_tables, make_engine
 from lifecycle_airflow import config, mail
+from lifecycle_airflow.capture import output_to
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +147,7 @@ def _run_dags(dag_ids: list[str], as_of: datetime, output: TextIO, conf: dict) -
     from airflow.dag_processing.dagbag import DagBag
 
     outcomes = []
-    with _output_to(output):
+    with output_to(output):
         bag = DagBag(collect_dags=True)
         for dag_id in dag_ids:
             started = time.monotonic()
@@ -157,24 +156,6 @@ def _run_dags(dag_ids: list[str], as_of: datetime, output: TextIO, conf: dict) -
     for dag_id, state, seconds in outcomes:
         print(f"  {dag_id}: {state} in {seconds:.0f} s")
     return [dag_id for dag_id, state, _ in outcomes if state != "success"]
-
-
-@contextlib.contextmanager
-def _output_to(output):
-    """Airflow logs to the process's stdout and stderr: send both, file descriptors included, to a file."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    try:
-        os.dup2(output.fileno(), 1)
-        os.dup2(output.fileno(), 2)
-        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
-            yield
-    finally:
-        output.flush()
-        for fd, original in zip((1, 2), saved, strict=True):
-            os.dup2(original, fd)
-            os.close(original)
 
 
 def _print_summary(reports: Path, dag_ids: list[str], as_of: datetime) -> None:
