@@ -34,6 +34,8 @@ def pytest_configure(config: pytest.Config) -> None:
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "NO_COLOR": "1",  # plain text logs, whatever the terminal
+            # An approval nobody answers times out at once (airflow_harness.run_dag): a run never hangs.
+            "AIRFLOW_VAR_LIFECYCLE_APPROVAL_TIMEOUT_MINUTES": "0.02",
         }
     )
 

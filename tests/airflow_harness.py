@@ -12,7 +12,10 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +32,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 DAGS_FOLDER = PROJECT / "dags"
 
 # dag.test() logs these around each task it runs (airflow/sdk/definitions/dag.py, _run_task).
+# Set while a test answers approvals itself; otherwise run_dag lets any approval time out.
+_answering = threading.Event()
 _TASK_MARK = re.compile(r"\[DAG TEST\] (starting|end task) task_id=(\S+) map_index=(-?\d+)")
 
 
@@ -51,7 +56,8 @@ def run_dag(
 
     A naive ``logical_date`` (or an ISO string like ``"2026-03-01"``) is taken as UTC.
     ``retries`` overrides every task's: dag.test() waits out ``retry_delay`` between tries, so
-    ``retries=0`` lets a failing task fail the run at once.
+    ``retries=0`` lets a failing task fail the run at once. An approval the run waits at goes
+    unanswered and times out (a rejection), unless the test answers it (answering_approvals).
     """
     bag = dag_bag(dags_folder)
     if dag_id not in bag.dags:
@@ -74,6 +80,7 @@ def run_dag(
         tempfile.NamedTemporaryFile("a", buffering=1, dir=log_dir, suffix=".partial", delete=False) as out,
         mock.patch.dict(os.environ, {"AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles)}),
         output_to(out),
+        nullcontext() if _answering.is_set() else answering_approvals(None),
     ):
         dag_run = dag.test(logical_date=_utc(logical_date), run_conf=conf)
     os.replace(out.name, log_dir / f"{dag_run.run_id}.log")
@@ -121,6 +128,70 @@ def task_logs(dag_run: DagRun) -> dict[str, str]:
         if mark and mark[1] == "end task":
             current = None
     return dict(logs)
+
+
+@contextmanager
+def answering_approvals(answer: str | None, responder: str = "dpo") -> Iterator[list[str]]:
+    """While the block runs, answer every approval a run waits at, as an operator would through the
+    UI: ``"Approve"`` or ``"Reject"``; with ``None``, nobody answers and the scheduler's timeout sweep
+    gives the approval its default once its response timeout has passed. Yields the task ids asked."""
+    asked: list[str] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+    _answering.set()
+
+    def answer_until_done() -> None:
+        try:
+            _answer_until(done, answer, responder, asked)
+        except BaseException as error:  # reraised in the test's thread below
+            errors.append(error)
+
+    worker = threading.Thread(target=answer_until_done, daemon=True)
+    worker.start()
+    try:
+        yield asked
+    finally:
+        done.set()
+        worker.join()
+        _answering.clear()
+    if errors:
+        raise errors[0]
+
+
+def _answer_until(done: threading.Event, answer: str | None, responder: str, asked: list[str]) -> None:
+    from airflow.jobs.job import Job
+    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+    from airflow.models.taskinstance import TaskInstance as TI
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+    from sqlalchemy import select
+    from sqlalchemy.orm import joinedload
+
+    scheduler = SchedulerJobRunner(job=Job()) if answer is None else None
+    while not done.wait(0.5):
+        with create_session() as session:
+            waiting = select(TI).where(TI.state == TaskInstanceState.AWAITING_INPUT).options(joinedload(TI.hitl_detail))
+            for ti in session.scalars(waiting).unique().all():
+                if ti.task_id not in asked:
+                    asked.append(ti.task_id)
+                if answer is not None:
+                    _respond(session, ti, answer, responder)
+        if scheduler is not None:
+            scheduler.check_awaiting_input_timeouts()
+
+
+def _respond(session, ti, answer: str, responder: str) -> None:
+    """What the api-server does on an answer in the UI (core_api/routes/public/hitl.py)."""
+    from airflow.models.trigger import handle_event_submit
+    from airflow.triggers.base import TriggerEvent
+    from airflow.sdk.timezone import utcnow
+
+    detail = ti.hitl_detail
+    detail.responded_by = {"id": responder, "name": responder}
+    detail.responded_at = utcnow()
+    detail.chosen_options = [answer]
+    detail.params_input = {}
+    handle_event_submit(TriggerEvent(detail.as_resume_event_payload()), task_instance=ti, session=session)
 
 
 def airflow_cli(*args: str, dags_folder: Path = DAGS_FOLDER) -> subprocess.CompletedProcess[str]:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from sqlalchemy import column, insert, table, text
+from sqlalchemy import column, insert, inspect, table, text
 
 from lifecycle.mail import OutboxMailer
 from lifecycle.pipeline import run_rule
 from lifecycle.policy import load_policy
 from lifecycle.reporting import finish_run, start_run
 from lifecycle.run import RunContext
+from lifecycle.store import lifecycle_tables
 
 POLICY = load_policy()
 # Recognisable personal data of a smicer, for tests proving it reaches no log, report or email.
@@ -126,3 +128,16 @@ def exists(engine, table_name: str, key: int) -> bool:
 def scalar(engine, sql: str, **params):
     with engine.connect() as connection:
         return connection.execute(text(sql), params).scalar()
+
+
+def fingerprint(engine) -> dict[str, str]:
+    """A digest of the rows of every table that has any, the pipeline's own included."""
+    digests = {}
+    with engine.connect() as connection:
+        for schema in {None, lifecycle_tables(engine).runs.schema}:
+            for name in inspect(engine).get_table_names(schema=schema):
+                qualified = f"{schema}.{name}" if schema else name
+                rows = sorted(repr(tuple(row)) for row in connection.execute(text(f"SELECT * FROM {qualified}")))
+                if rows:
+                    digests[qualified] = hashlib.sha256("\n".join(rows).encode()).hexdigest()
+    return digests

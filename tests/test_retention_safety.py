@@ -145,7 +145,7 @@ def test_invalid_records_are_skipped_and_named_by_table_and_key(engine, tmp_path
     }
 
 
-def test_a_failing_gate_stops_the_erase_and_names_rule_and_counts(engine, tmp_path):
+def test_above_the_volume_ceiling_nothing_is_erased_without_approval(engine, tmp_path):
     smicer = add(engine, "smicers")
     logs = [add(engine, "connection_logs", smicer_id=smicer, connected_at=datetime(2024, 1, 1)) for _ in range(60)]
     logs += [add(engine, "connection_logs", smicer_id=smicer, connected_at=datetime(2026, 11, 1)) for _ in range(40)]
@@ -153,7 +153,10 @@ def test_a_failing_gate_stops_the_erase_and_names_rule_and_counts(engine, tmp_pa
     with pytest.raises(GateFailed) as failure:
         run_rules(engine, AS_OF, tmp_path, ["connection-logs"])
 
-    assert "connection-logs" in str(failure.value) and "row_count" in str(failure.value).replace(" ", "_")
+    assert str(failure.value) == (
+        "gate connection-logs/volume failed: at most 50 candidates without approval (volume ceiling): "
+        "observed_value=60, element_count=100"
+    )
     assert scalar(engine, "SELECT COUNT(*) FROM connection_logs") == 100
     approved = run_rules(engine, AS_OF, tmp_path, ["connection-logs"], run_id="approved", volume_approved=True)
     assert approved["rules"]["connection-logs"]["erased"] == 60

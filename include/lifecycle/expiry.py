@@ -30,6 +30,8 @@ def purge_expired(run: RunContext, rule: Rule) -> dict:
             counts["kept"] += 1
         elif _holds_held_record(run, batch_key, held):
             counts["held"] += 1
+        elif run.dry_run:
+            counts["purged"] += 1
         else:
             try:
                 store.delete_batch(batch_key, [part["key"] for part in manifest.get("files", [])])
@@ -52,7 +54,9 @@ def _held_subjects(run: RunContext) -> tuple[set[str], set[tuple[str, int]]]:
         records = set(
             connection.execute(
                 select(holds.c.table_name, holds.c.record_key).where(
-                    holds.c.record_key.is_not(None), holds.c.lifted_at.is_(None)
+                    holds.c.record_key.is_not(None),
+                    holds.c.lifted_at.is_(None),
+                    holds.c.until.is_(None) | (holds.c.until > run.today),
                 )
             ).all()
         )

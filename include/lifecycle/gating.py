@@ -1,12 +1,14 @@
-"""Step 2 of a rule: the Great Expectations gate on the staged candidates, in the database.
-Nothing of the rule is archived, erased or sent unless it passes."""
+"""Steps 2 and 3 of a rule: the Great Expectations gate on the staged candidates, in the database,
+then the volume safeguard. Nothing of the rule is archived, erased or sent unless both pass."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
+from lifecycle.gates import GateFailed
 from lifecycle.periods import epoch_seconds
 from lifecycle.policy import Rule
 from lifecycle.run import RunContext
@@ -20,8 +22,25 @@ def volume_limit(rule: Rule, table_rows: int) -> int:
     return max(ceiling.count, math.floor(ceiling.share * table_rows))
 
 
-def candidate_expectations(rule: Rule, as_of_epoch: int, limit: int | None) -> list[dict]:
-    expectations = [
+@dataclass(frozen=True)
+class Volume:
+    """A rule's candidates in one run (records to act on, notices to send) against its ceiling."""
+
+    candidates: int
+    table_rows: int
+    limit: int
+
+    @property
+    def over(self) -> bool:
+        return self.candidates > self.limit
+
+    def as_dict(self) -> dict:
+        return {"candidates": self.candidates, "table_rows": self.table_rows, "volume_limit": self.limit,
+                "over_volume": self.over}
+
+
+def candidate_expectations(rule: Rule, as_of_epoch: int) -> list[dict]:
+    return [
         {"type": "expect_column_values_to_be_unique", "column": "record_key"},
         {"type": "expect_column_values_to_not_be_null", "column": "anchor_epoch"},
         {"type": "expect_column_values_to_not_be_null", "column": "due_epoch"},
@@ -35,32 +54,76 @@ def candidate_expectations(rule: Rule, as_of_epoch: int, limit: int | None) -> l
             "or_equal": True,
         },
     ]
-    if limit is not None:
-        expectations.append({"type": "expect_table_row_count_to_be_between", "min_value": 0, "max_value": limit})
-    return expectations
 
 
 def gate_candidates(run: RunContext, rule: Rule) -> dict:
     from lifecycle.gates import validate_sql
 
+    summary = validate_sql(
+        run.engine_url,
+        _candidates_query(run, selection_id_of(run, rule)),
+        candidate_expectations(rule, epoch_seconds(run.as_of)),
+        gate=f"{rule.id}/candidates",
+        artifact_path=run.artifact_path(rule, "gate-candidates.json"),
+    )
+    return {"rule": rule.id, "passed": bool(summary.get("success")), **staged_volume(run, rule).as_dict()}
+
+
+def staged_volume(run: RunContext, rule: Rule) -> Volume:
     selection_id = selection_id_of(run, rule)
-    selections = run.tables.selections
+    selections, candidates = run.tables.selections, run.tables.candidates
     with run.engine.connect() as connection:
         table_rows = connection.execute(
             select(selections.c.table_rows).where(selections.c.id == selection_id)
         ).scalar_one()
-    limit = None if run.volume_approved else volume_limit(rule, table_rows or 0)
-    query = render(
+        staged = connection.execute(
+            select(func.count()).select_from(candidates).where(_acted_on(candidates, selection_id))
+        ).scalar_one()
+    return Volume(staged, table_rows or 0, volume_limit(rule, table_rows or 0))
+
+
+def staged_sample(run: RunContext, rule: Rule, size: int) -> list[int]:
+    """The first keys of the records the rule would act on, for an operator to look at."""
+    candidates = run.tables.candidates
+    query = (
+        select(candidates.c.record_key)
+        .where(_acted_on(candidates, selection_id_of(run, rule)))
+        .order_by(candidates.c.record_key)
+        .limit(size)
+    )
+    with run.engine.connect() as connection:
+        return list(connection.execute(query).scalars())
+
+
+def _acted_on(candidates, selection_id: int):
+    """The staged candidates a rule acts on: records due, notices to send (as gate_candidates.sql)."""
+    return (candidates.c.selection_id == selection_id) & candidates.c.decision.in_(("due", "notify"))
+
+
+def require_volume_approval(run: RunContext, rule: Rule) -> dict:
+    """Step 3: above its volume ceiling, a rule acts only in a run approved for volume."""
+    volume = staged_volume(run, rule)
+    if volume.over and not run.volume_approved:
+        raise GateFailed(
+            f"{rule.id}/volume",
+            [
+                {
+                    "expectation": f"at most {volume.limit} candidates without approval (volume ceiling)",
+                    "column": None,
+                    "observed_value": volume.candidates,
+                    "unexpected_count": None,
+                    "element_count": volume.table_rows,
+                    "error": None,
+                }
+            ],
+        )
+    return {"rule": rule.id, "approval": "approved by parameter" if volume.over else "not needed", **volume.as_dict()}
+
+
+def _candidates_query(run: RunContext, selection_id: int) -> str:
+    return render(
         run.engine,
         "gate_candidates.sql",
         candidates=run.tables.qualified(run.tables.candidates),
         selection_id=selection_id,
     )
-    summary = validate_sql(
-        run.engine_url,
-        query,
-        candidate_expectations(rule, epoch_seconds(run.as_of), limit),
-        gate=f"{rule.id}/candidates",
-        artifact_path=run.artifact_path(rule, "gate-candidates.json"),
-    )
-    return {"rule": rule.id, "passed": bool(summary.get("success")), "volume_limit": limit}

@@ -1,5 +1,6 @@
 """The steps of each rule, in order: the one sequence the DAGs, the demo and the tests all run.
-Data flows one way: select -> gate -> archive -> verify -> erase -> verify erase [-> notify] -> report."""
+Data flows one way: select -> gate -> approve -> archive -> verify -> erase -> verify erase [-> notify]
+-> report. A dry run runs the same steps, each reporting what it would do (lifecycle.preview)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from dataclasses import dataclass
 from lifecycle.archiving import archive_due, verify_archive
 from lifecycle.erasing import erase_due, verify_erased
 from lifecycle.expiry import purge_expired
-from lifecycle.gating import gate_candidates
+from lifecycle.gating import gate_candidates, require_volume_approval
 from lifecycle.notifying import notify_inactive
 from lifecycle.policy import Rule
+from lifecycle.preview import preview_step
 from lifecycle.run import RunContext
 from lifecycle.select import record_stage, select_candidates
 
@@ -25,6 +27,7 @@ class Step:
 
 SELECT = Step("select", select_candidates, "selected")
 GATE = Step("gate", gate_candidates, "gated")
+APPROVE = Step("approve", require_volume_approval, "approved")
 ARCHIVE = Step("archive", archive_due, "archived")
 VERIFY_ARCHIVE = Step("verify_archive", verify_archive, "archive_verified")
 ERASE = Step("erase", erase_due, "erased")
@@ -40,10 +43,12 @@ def steps_for(rule: Rule) -> list[Step]:
     # The reactivation cycle erases those its grace period is over for, then emails those due a notice:
     # a mail server down does not hold back erasures.
     notify = [NOTIFY] if rule.action == "reactivate" else []
-    return [SELECT, GATE, *archive, ERASE, VERIFY_ERASE, *notify]
+    return [SELECT, GATE, APPROVE, *archive, ERASE, VERIFY_ERASE, *notify]
 
 
 def run_step(run: RunContext, rule: Rule, step: Step) -> dict:
+    if run.dry_run:
+        return preview_step(run, rule, step.name)
     result = step.action(run, rule)
     if step is not PURGE:
         record_stage(run, rule, step.stage)

@@ -7,14 +7,19 @@ import json
 
 from sqlalchemy import delete, func, insert, select
 
+from lifecycle.holds import list_holds
 from lifecycle.policy import Rule
 from lifecycle.reactivation import notice_report
+from lifecycle.report_html import render_html
 from lifecycle.run import RunContext, now_utc_naive
 
 INVALID_LISTED = 200
 
 
 def start_run(run: RunContext) -> None:
+    """Record the run as running; a dry run is recorded nowhere but in its report's files."""
+    if run.dry_run:
+        return
     runs = run.tables.runs
     with run.engine.begin() as connection:
         connection.execute(delete(runs).where(runs.c.dag_id == run.dag_id, runs.c.run_id == run.run_id))
@@ -85,20 +90,76 @@ def rule_report(run: RunContext, rule: Rule) -> dict:
     return outcome
 
 
-def finish_run(run: RunContext, rules: list[Rule], step_results: dict[str, dict] | None = None) -> dict:
-    """Write report.json and report.md for the run, record it, and return the summary."""
-    outcomes = [rule_report(run, rule) | (step_results or {}).get(rule.id, {}) for rule in rules]
+def finish_run(
+    run: RunContext,
+    rules: list[Rule],
+    step_results: dict[str, dict[str, dict]] | None = None,
+    failed_steps: dict[str, str] | None = None,
+) -> dict:
+    """Write report.json, report.md and report.html for the run, record it, and return the summary.
+
+    `step_results` maps each rule to what its steps returned, `failed_steps` each rule that failed
+    to its failed step. A dry run's report is made of what its steps would have done, and the run
+    is recorded nowhere but in these files."""
+    step_results, failed_steps = step_results or {}, failed_steps or {}
+    outcomes = [
+        _rule_outcome(run, rule, step_results.get(rule.id, {})) | {"failed_step": failed_steps.get(rule.id)}
+        for rule in rules
+    ]
     report = {
         "dag_id": run.dag_id,
         "run_id": run.run_id,
         "as_of": run.as_of.isoformat(),
         "policy_version": run.policy.version,
         "archive": run.archive_uri,
+        "dry_run": run.dry_run,
+        "holds": [hold for hold in list_holds(run.engine, today=run.today) if hold["state"] == "active"],
         "rules": outcomes,
     }
     folder = run.report_dir()
     (folder / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     (folder / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    (folder / "report.html").write_text(render_html(report), encoding="utf-8")
+    if not run.dry_run:
+        _record_finished(run, report)
+    return _compact(report) | {"report": str(folder / "report.md")}
+
+
+def _rule_outcome(run: RunContext, rule: Rule, results: dict[str, dict]) -> dict:
+    approval = {"approval": results["approve"].get("approval")} if results.get("approve") else {}
+    if run.dry_run:
+        return _would_do(rule, results) | approval
+    return rule_report(run, rule) | results.get("purge", {}) | approval
+
+
+def _would_do(rule: Rule, results: dict[str, dict]) -> dict:
+    """A dry run's outcome of a rule: what each of its steps reported it would do."""
+    selected = results.get("select", {})
+    outcome = {"rule": rule.id, "action": rule.action, "stage": _last_step(rule, results)}
+    outcome |= {column: selected.get(column, 0) for column in ("due", "held", "invalid")}
+    outcome["invalid_records"] = selected.get("invalid_records", [])
+    for step, columns in WOULD_DO.items():
+        outcome |= {column: results.get(step, {}).get(column, 0) for column in columns}
+    return outcome
+
+
+# The steps of a dry run and the report columns each fills with what it would do.
+WOULD_DO = {
+    "archive": ("archived",),
+    "erase": ("erased", "erased_with_bundle", "pseudonymised"),
+    "notify": ("notices_due", "emailed", "undeliverable"),
+    "purge": ("purged",),
+}
+
+
+def _last_step(rule: Rule, results: dict[str, dict]) -> str | None:
+    from lifecycle.pipeline import steps_for
+
+    done = [step.stage for step in steps_for(rule) if results.get(step.name)]
+    return done[-1] if done else None
+
+
+def _record_finished(run: RunContext, report: dict) -> None:
     runs = run.tables.runs
     with run.engine.begin() as connection:
         connection.execute(
@@ -106,10 +167,9 @@ def finish_run(run: RunContext, rules: list[Rule], step_results: dict[str, dict]
             .where(runs.c.dag_id == run.dag_id, runs.c.run_id == run.run_id)
             .values(finished_at=now_utc_naive(), state="reported", summary=json.dumps(_compact(report)))
         )
-    return _compact(report) | {"report": str(folder / "report.md")}
 
 
-COLUMNS = ("due", "held", "invalid", "archived", "erased", "erased_with_bundle", "pseudonymised", "purged")
+COLUMNS = ("due", "held", "invalid", "archived", "erased", "erased_with_bundle", "pseudonymised", "emailed", "purged")
 NOTICE_COLUMNS = ("notices_due", "emailed", "undeliverable", "deferred", "unsettled", "responded", "notices_open")
 
 
@@ -117,8 +177,11 @@ def _compact(report: dict) -> dict:
     return {
         "as_of": report["as_of"],
         "policy_version": report["policy_version"],
+        "dry_run": report["dry_run"],
         "rules": {
-            o["rule"]: {k: o.get(k, 0) for k in (*COLUMNS, *_notice_columns(o), "stage")} for o in report["rules"]
+            o["rule"]: {k: o.get(k, 0) for k in (*COLUMNS, *_notice_columns(o))}
+            | {k: o.get(k) for k in ("stage", "approval", "failed_step")}
+            for o in report["rules"]
         },
     }
 
@@ -135,16 +198,32 @@ def render_markdown(report: dict) -> str:
         f"- as-of: {report['as_of']}",
         f"- policy version: `{report['policy_version'][:16]}`",
         f"- archive: {report['archive']}",
+        *(["", "**Dry run: the counts are what the run would do; nothing was changed.**"] if report["dry_run"] else []),
         "",
-        "| rule | last step | " + " | ".join(COLUMNS) + " |",
-        "|---|---|" + "---:|" * len(COLUMNS),
+        "| rule | last step | " + " | ".join(COLUMNS) + " | approval | failed |",
+        "|---|---|" + "---:|" * len(COLUMNS) + "---|---|",
     ]
     for outcome in report["rules"]:
         cells = " | ".join(str(outcome.get(column, 0)) for column in COLUMNS)
-        lines.append(f"| {outcome['rule']} | {outcome.get('stage') or 'not run'} | {cells} |")
+        lines.append(
+            f"| {outcome['rule']} | {outcome.get('stage') or 'not run'} | {cells} "
+            f"| {outcome.get('approval') or ''} | {outcome.get('failed_step') or ''} |"
+        )
     for outcome in report["rules"]:
         lines += _details(outcome)
+    lines += _holds(report["holds"])
     return "\n".join(lines) + "\n"
+
+
+def _holds(holds: list[dict]) -> list[str]:
+    if not holds:
+        return []
+    lines = ["", "## Legal holds in force", ""]
+    for hold in holds:
+        subject = f"{hold['table']} {hold['key']}" if hold.get("table") else f"email #{hold.get('digest')}"
+        until = f", until {hold['until']}" if hold.get("until") else ""
+        lines.append(f"- hold {hold['id']}: {subject}{until}: {hold['reason']}")
+    return lines
 
 
 def _details(outcome: dict) -> list[str]:

@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 
 from lifecycle.mail import Mailer
 from lifecycle.policy import Policy, Rule
+from lifecycle.report_paths import run_report_dir
 from lifecycle.store import LifecycleTables, lifecycle_tables
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ class RunContext:
     archive_uri: str
     reports_dir: Path
     volume_approved: bool = False
+    # Decide and report only: nothing is written, archived, erased, sent or purged.
+    dry_run: bool = False
     mailer: Mailer | None = None
     notices: NoticeSettings = field(default_factory=NoticeSettings)
     # A notice's grace must start when it reaches the smicer: a run acting for a past date sends none.
@@ -66,8 +69,7 @@ class RunContext:
 
     def report_dir(self) -> Path:
         """Where this run's report and validation results are kept."""
-        safe_run = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in self.run_id)
-        folder = self.reports_dir / self.dag_id / safe_run
+        folder = run_report_dir(self.reports_dir, self.dag_id, self.run_id)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 

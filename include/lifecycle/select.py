@@ -143,7 +143,7 @@ def select_candidates(run: RunContext, rule: Rule) -> dict:
         if staged:
             with run.engine.begin() as connection:
                 connection.execute(insert(candidates), staged)
-    counts["table_rows"] = _table_rows(run, rule)
+    counts["table_rows"] = table_rows(run, rule)
     with run.engine.begin() as connection:
         connection.execute(
             update(run.tables.selections)
@@ -198,7 +198,7 @@ def _open_selection(run: RunContext, rule: Rule) -> int:
         return result.inserted_primary_key[0]
 
 
-def _table_rows(run: RunContext, rule: Rule) -> int:
+def table_rows(run: RunContext, rule: Rule) -> int:
     with run.engine.connect() as connection:
         return connection.execute(statement(run.engine, "count_rows.sql", table=rule.table)).scalar_one()
 

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    inspect,
 )
 from sqlalchemy.schema import CreateSchema
 
@@ -157,6 +158,9 @@ class LifecycleTables:
             Column("until", Date),
             Column("created_at", DateTime, nullable=False),
             Column("lifted_at", DateTime),
+            Column("placed_by", Text),  # who placed and who lifted the hold: operators, never a subject
+            Column("lifted_by", Text),
+            Column("lift_reason", Text),
         )
 
     def qualified(self, table: Table) -> str:
@@ -179,7 +183,20 @@ def ensure_lifecycle_tables(engine: Engine) -> LifecycleTables:
         if engine.dialect.name == "postgresql":
             connection.execute(CreateSchema(POSTGRES_SCHEMA, if_not_exists=True))
         tables.metadata.create_all(connection, checkfirst=True)
+        _add_missing_columns(connection, tables)
     return tables
+
+
+def _add_missing_columns(connection, tables: LifecycleTables) -> None:
+    """Tables made by an earlier version get the nullable columns added since (no other migration)."""
+    inspector = inspect(connection)
+    for table in tables.metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name, schema=table.schema)}
+        for column in table.columns:
+            if column.name not in present and column.nullable:
+                kind = column.type.compile(dialect=connection.dialect)
+                name = connection.dialect.identifier_preparer.quote(column.name)
+                connection.exec_driver_sql(f"ALTER TABLE {tables.qualified(table)} ADD COLUMN {name} {kind}")
 
 
 def make_engine(url: str) -> Engine:

@@ -1,5 +1,5 @@
 """One DAG per processing purpose of the policy, each rule a task group of its steps:
-prepare -> [rule: select -> gate -> archive -> verify -> erase -> verify erase]... -> report."""
+prepare -> [rule: select -> gate -> approve -> archive -> verify -> erase -> verify erase]... -> report."""
 
 from __future__ import annotations
 
@@ -7,15 +7,18 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, CronTriggerTimetable, Param, TaskGroup, TriggerRule, chain, task
 
-from lifecycle.pipeline import steps_for
+from lifecycle.pipeline import APPROVE, steps_for
 from lifecycle.policy import Policy, Purpose
 from lifecycle_airflow import tasks
+from lifecycle_airflow.alerts import alert_failure
+from lifecycle_airflow.approval import VolumeApproval
 
 NIGHTLY = CronTriggerTimetable("0 0 * * *", timezone="UTC")
 DEFAULT_ARGS = {
     "owner": "data-protection",
     "retries": 2,
     "retry_delay": timedelta(minutes=5),
+    "on_failure_callback": alert_failure,
 }
 
 
@@ -35,6 +38,11 @@ def build_dag(policy: Policy, purpose: Purpose) -> DAG:
         default_args=DEFAULT_ARGS,
         tags=["gdpr", "retention", purpose.id],
         params={
+            "dry_run": Param(
+                False,
+                type="boolean",
+                description="Decide and report what each step would do; change, send, archive or purge nothing.",
+            ),
             "volume_approved": Param(
                 False,
                 type="boolean",
@@ -44,7 +52,7 @@ def build_dag(policy: Policy, purpose: Purpose) -> DAG:
     ) as dag:
         prepare = task(task_id="prepare", retries=1)(tasks.prepare_run)()
         report = task(task_id="report", retries=1)(tasks.report_run)(purpose.id)
-        outcome = task(task_id="outcome")(tasks.rules_succeeded)()
+        outcome = task(task_id="outcome", trigger_rule=TriggerRule.NONE_FAILED)(tasks.rules_succeeded)()
         # Rules run one after the other, in policy order, each deciding on what the one before left;
         # a rule that fails stops only itself (and every rule still needs `prepare` to have succeeded).
         previous_rule_end = prepare
@@ -57,12 +65,15 @@ def build_dag(policy: Policy, purpose: Purpose) -> DAG:
                 ]
             chain(previous_rule_end, *steps, [report, outcome])
             previous_rule_end = steps[-1]
-        # The report is written whatever happened; `outcome` fails the run when any rule failed.
+        # The report is written whatever happened; `outcome` fails the run when any rule failed (a rule
+        # whose approval was refused is skipped, not failed).
         report.as_teardown(setups=prepare)
     return dag
 
 
 def _step_task(rule_id: str, step_name: str, *, after_another_rule: bool):
+    if step_name == APPROVE.name:
+        return VolumeApproval(task_id=step_name, rule_id=rule_id)
     trigger_rule = TriggerRule.ALL_DONE if after_another_rule else TriggerRule.ALL_SUCCESS
     return task(task_id=step_name, trigger_rule=trigger_rule)(tasks.run_rule_step)(rule_id, step_name)
 
@@ -75,8 +86,9 @@ def purpose_doc(policy: Policy, purpose: Purpose) -> str:
         f"**Seed reference:** {purpose.seed_reference} of `{policy.seed}`  ",
         f"**Policy:** {policy.name}, version `{policy.version[:16]}`",
         "",
-        "The run's logical date (UTC) is the as-of of every decision. Parameter `volume_approved` lets a "
-        "run act above a rule's volume ceiling.",
+        "The run's logical date (UTC) is the as-of of every decision. Parameter `dry_run` decides and "
+        "reports without changing anything; above a rule's volume ceiling the run waits at the rule's "
+        "`approve` task for an operator (Required actions), unless `volume_approved` is set.",
         "",
         "| rule | records | window | action | archive |",
         "|---|---|---|---|---|",

@@ -40,6 +40,7 @@ def run_context():
         archive_uri=archive_uri,
         reports_dir=config.reports_dir(),
         volume_approved=bool(context["params"].get("volume_approved", False)),
+        dry_run=bool(context["params"].get("dry_run", False)),
         s3_options=config.archive_s3_options(archive_uri),
     )
 
@@ -62,7 +63,7 @@ def prepare_run() -> dict:
             f"{type(error.orig).__name__}"
         ) from None
     start_run(run)
-    return {"as_of": run.as_of.isoformat(), "policy_version": run.policy.version}
+    return {"as_of": run.as_of.isoformat(), "policy_version": run.policy.version, "dry_run": run.dry_run}
 
 
 def run_rule_step(rule_id: str, step_name: str) -> dict:
@@ -104,18 +105,21 @@ def report_run(purpose_id: str) -> dict:
     """The run's report, written whatever happened to its rules (a teardown of the run)."""
     from airflow.sdk import get_current_context
 
-    from lifecycle.pipeline import PURGE, steps_for
+    from lifecycle.pipeline import steps_for
     from lifecycle.reporting import finish_run
 
     run = run_context()
     purpose = next(p for p in run.policy.purposes if p.id == purpose_id)
     task_instance = get_current_context()["ti"]
-    purges = {
-        rule.id: task_instance.xcom_pull(task_ids=f"{rule.id}.{PURGE.name}") or {}
-        for rule in purpose.rules
-        if PURGE in steps_for(rule)
-    }
-    return finish_run(run, list(purpose.rules), purges)
+    states = task_instance.get_task_states(dag_id=run.dag_id, run_ids=[run.run_id]).get(run.run_id, {})
+    results, failed = {}, {}
+    for rule in purpose.rules:
+        task_ids = {step.name: f"{rule.id}.{step.name}" for step in steps_for(rule)}
+        results[rule.id] = {name: task_instance.xcom_pull(task_ids=task_id) or {} for name, task_id in task_ids.items()}
+        failed_step = next((name for name, task_id in task_ids.items() if states.get(task_id) == "failed"), None)
+        if failed_step:
+            failed[rule.id] = failed_step
+    return finish_run(run, list(purpose.rules), results, failed)
 
 
 def rules_succeeded() -> dict:

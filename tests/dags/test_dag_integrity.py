@@ -18,6 +18,8 @@ CONTRACT_DAG_IDS = {
     "retention_rights_requests",
     "retention_archive_expiry",
 }
+# Triggered on demand, with parameters from the trigger form.
+ON_DEMAND_DAG_IDS = {"archive_restore", "legal_holds"}
 HEAVY_MODULES = ("great_expectations", "boto3", "botocore", "pyarrow", "pandas", "faker")
 
 
@@ -28,7 +30,7 @@ def bag(airflow_home):
 
 def test_no_import_errors_and_every_contract_dag_present(bag):
     assert bag.import_errors == {}
-    assert CONTRACT_DAG_IDS <= set(bag.dag_ids)
+    assert CONTRACT_DAG_IDS | ON_DEMAND_DAG_IDS <= set(bag.dag_ids)
 
 
 @pytest.mark.parametrize("dag_id", sorted(CONTRACT_DAG_IDS))
@@ -47,9 +49,10 @@ def test_dag_is_nightly_documented_tagged_and_retried(bag, dag_id):
 
 def test_every_rule_has_its_steps_in_order(bag):
     dag = bag.get_dag("retention_account_services")
-    chain = ["select", "gate", "archive", "verify_archive", "erase", "verify_erase"]
+    chain = ["select", "gate", "approve", "archive", "verify_archive", "erase", "verify_erase"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert f"account-closed.{upstream}" in dag.get_task(f"account-closed.{downstream}").upstream_task_ids
+    assert dag.get_task("account-closed.approve").task_type == "VolumeApproval"
     assert dag.get_task("report").is_teardown
     assert "account-closed.verify_erase" in dag.get_task("account-inactive.select").upstream_task_ids
     assert "account-inactive.verify_erase" in dag.get_task("account-inactive.notify").upstream_task_ids

@@ -120,23 +120,25 @@ def test_every_retention_dag_runs_end_to_end_without_leaking_personal_data(appli
     assert leaks == []
 
 
-def test_a_failing_gate_fails_the_run_and_erases_nothing_of_that_rule(application, tmp_path):
-    with application.begin() as connection:
-        connection.exec_driver_sql("UPDATE connection_logs SET connected_at = '2020-01-01 00:00:00'")
+def test_a_failing_step_fails_the_run_and_erases_nothing_of_that_rule(application, tmp_path, monkeypatch):
+    unwritable = tmp_path / "not-a-folder"
+    unwritable.write_text("the archive cannot be written here")
+    monkeypatch.setenv("AIRFLOW_VAR_LIFECYCLE_ARCHIVE_URI", unwritable.as_uri())
+    smicers = application.connect().exec_driver_sql("SELECT COUNT(*) FROM smicers").scalar()
 
     state, dag_run = run_dag("retention_account_services", AS_OF, retries=0)
 
     assert state == "failed"
     states = task_states(dag_run)
-    assert states["connection-logs.gate"] == "failed"
-    assert states["connection-logs.erase"] == "upstream_failed"
+    assert states["account-closed.archive"] == "failed"
+    assert states["account-closed.erase"] == "upstream_failed"
     assert states["report"] == "success"
-    assert states["browsing-events.verify_erase"] == "success", "a rule after the failed one still runs"
+    assert states["connection-logs.verify_erase"] == "success", "a rule after the failed one still runs"
     assert states["outcome"] == "upstream_failed"
     with application.connect() as connection:
-        assert connection.exec_driver_sql("SELECT COUNT(*) FROM connection_logs").scalar() > 0
-    log = run_log(dag_run)
-    assert "connection-logs/candidates" in log and "expect_table_row_count_to_be_between" in log
+        assert connection.exec_driver_sql("SELECT COUNT(*) FROM smicers").scalar() == smicers
+    report = json.loads(next((tmp_path / "data" / "reports").rglob("report.json")).read_text())
+    assert next(o for o in report["rules"] if o["rule"] == "account-closed")["failed_step"] == "archive"
 
 
 def _exists(engine, table: str, key: int) -> bool:
