@@ -183,8 +183,8 @@ def _answer_until(done: threading.Event, answer: str | None, responder: str, ask
 def _respond(session, ti, answer: str, responder: str) -> None:
     """What the api-server does on an answer in the UI (core_api/routes/public/hitl.py)."""
     from airflow.models.trigger import handle_event_submit
-    from airflow.triggers.base import TriggerEvent
     from airflow.sdk.timezone import utcnow
+    from airflow.triggers.base import TriggerEvent
 
     detail = ti.hitl_detail
     detail.responded_by = {"id": responder, "name": responder}

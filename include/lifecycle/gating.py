@@ -35,8 +35,12 @@ class Volume:
         return self.candidates > self.limit
 
     def as_dict(self) -> dict:
-        return {"candidates": self.candidates, "table_rows": self.table_rows, "volume_limit": self.limit,
-                "over_volume": self.over}
+        return {
+            "candidates": self.candidates,
+            "table_rows": self.table_rows,
+            "volume_limit": self.limit,
+            "over_volume": self.over,
+        }
 
 
 def candidate_expectations(rule: Rule, as_of_epoch: int) -> list[dict]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import os
 import re
 import sys
@@ -29,6 +28,7 @@ from datetime import UTC, date, datetime
 
 from sqlalchemy import Engine, insert, inspect, select, update
 
+from lifecycle.app_database import environment_database_url
 from lifecycle.mail import valid_address
 from lifecycle.policy import Policy
 from lifecycle.rows import email_digest
@@ -232,7 +232,7 @@ def _iso(value: date | None) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
-    engine = make_engine(args.database_url or _environment_database_url())
+    engine = make_engine(args.database_url or environment_database_url())
     try:
         print(args.action(engine, args))
     except HoldError as error:
@@ -292,24 +292,6 @@ def _login_name() -> str | None:
         return getpass.getuser()
     except (OSError, KeyError):  # no login name in this environment
         return None
-
-
-def _environment_database_url() -> str:
-    """The database the DAGs use: the connection smice_app from its environment variable, else the demo's."""
-    # The Airflow wiring's own reading of a connection (it imports no Airflow at module level).
-    from sqlalchemy import make_url
-
-    from lifecycle_airflow.config import APP_CONN_ID, connection_url, default_app_url
-
-    given = os.environ.get(f"AIRFLOW_CONN_{APP_CONN_ID.upper()}", "").strip()
-    if not given:
-        return default_app_url()
-    if given.startswith("{"):
-        fields = json.loads(given)
-        parts = [fields.get(name) for name in ("conn_type", "host", "port", "login", "password", "schema")]
-        return connection_url(*parts)
-    url = make_url(given)
-    return connection_url(url.drivername, url.host, url.port, url.username, url.password, url.database)
 
 
 if __name__ == "__main__":

@@ -74,9 +74,11 @@ def preview_step(run: RunContext, rule: Rule, step_name: str) -> dict:
     preview = preview_rule(run, rule)
     counts = {DUE: preview.counts[DUE], HELD: preview.counts[HELD], INVALID: preview.counts[INVALID]}
     would: dict = {
-        "select": lambda: counts
-        | {"to_archive": preview.counts["to_archive"], "notify": preview.counts[NOTIFY]}
-        | {"table_rows": preview.table_rows, "invalid_records": preview.invalid},
+        "select": lambda: (
+            counts
+            | {"to_archive": preview.counts["to_archive"], "notify": preview.counts[NOTIFY]}
+            | {"table_rows": preview.table_rows, "invalid_records": preview.invalid}
+        ),
         "gate": lambda: _gate(run, rule, preview),
         "approve": lambda: {"approval": "not asked (dry run)", **preview.volume(rule).as_dict()},
         "archive": lambda: _archive(run, rule, preview),
@@ -135,7 +137,12 @@ def _notices(run: RunContext, rule: Rule, keys: list[int]) -> dict:
 
     spec = run.policy.tables[rule.table]
     query = statement(
-        run.engine, "fetch_rows.sql", expanding=("keys",), table=rule.table, columns=[spec.email], match=spec.key,
+        run.engine,
+        "fetch_rows.sql",
+        expanding=("keys",),
+        table=rule.table,
+        columns=[spec.email],
+        match=spec.key,
         key=spec.key,
     )
     with run.engine.connect() as connection:
@@ -144,8 +151,11 @@ def _notices(run: RunContext, rule: Rule, keys: list[int]) -> dict:
             for start in range(0, len(keys), MEMBER_KEYS_PER_QUERY)
             for address in connection.execute(query, {"keys": keys[start : start + MEMBER_KEYS_PER_QUERY]}).scalars()
         )
-    return {"notices_due": len(keys), "emailed": min(usable, run.notices.max_per_run),
-            "undeliverable": len(keys) - usable}
+    return {
+        "notices_due": len(keys),
+        "emailed": min(usable, run.notices.max_per_run),
+        "undeliverable": len(keys) - usable,
+    }
 
 
 def _member_rows(connection, run: RunContext, table: str, link: str, owners: list[int]) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass
 from datetime import datetime, time
@@ -23,11 +22,11 @@ from pathlib import Path
 
 from sqlalchemy import Engine, func, inspect, make_url, select
 
+from lifecycle.app_database import environment_database_url
 from lifecycle.report_html import NONE, html_page, number_cell, text
 from lifecycle.run import now_utc_naive
 from lifecycle.store import lifecycle_tables, make_engine
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RUNS = 30
 # Okabe-Ito colours: distinguishable with the common colour-vision deficiencies.
 SERIES_COLOURS = {
@@ -307,12 +306,6 @@ def _failed_cell(counts: dict | None) -> str:
     return f'<td class="num failed">{text(failed_step)}</td>' if failed_step else f'<td class="num">{NONE}</td>'
 
 
-def default_database_url() -> str:
-    """The demo's SQLite file, where lifecycle_airflow.config puts it (the core does not import Airflow)."""
-    data = Path(os.environ.get("LIFECYCLE_DATA_DIR", PROJECT_ROOT / "data")).resolve()
-    return f"sqlite:///{data / 'smice_demo.db'}"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     url = make_url(args.db_url)
@@ -337,7 +330,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--db-url",
         "--database-url",
-        default=default_database_url(),
+        default=environment_database_url(),
         help="the application database holding the pipeline's tables (default: the demo's SQLite file)",
     )
     parser.add_argument(

@@ -9,6 +9,7 @@ from datetime import timedelta
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 
 from lifecycle_airflow import tasks
+from lifecycle_airflow.alerts import APPROVAL_AWAITED, OperatorAlert
 
 XCOM_RETURN_KEY = "return_value"
 TIMEOUT_VARIABLE = "lifecycle_approval_timeout_minutes"
@@ -38,6 +39,7 @@ class VolumeApproval(ApprovalOperator):
         if volume is None or not volume.over:
             return run_step(run, rule, APPROVE)
         self.response_timeout = approval_timeout()
+        self.notifiers = [OperatorAlert(*APPROVAL_AWAITED)]
         self.subject = f"{rule.id}: {volume.candidates} records above the volume ceiling of {volume.limit}"
         selected = context["ti"].xcom_pull(task_ids=f"{rule.id}.select") or {}
         self.body = approval_body(run, rule, volume, selected, staged_sample(run, rule, SAMPLE_SIZE))

@@ -6,25 +6,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import URL
+from lifecycle.app_database import APP_CONN_ID, connection_url, data_dir, default_app_url
 
 if TYPE_CHECKING:
     from lifecycle.s3_archive import S3Options
 
-APP_CONN_ID = "smice_app"
 AWS_CONN_ID = "aws_default"
 ARCHIVE_VARIABLE = "lifecycle_archive_uri"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DRIVERS = {"postgres": "postgresql+psycopg2", "postgresql": "postgresql+psycopg2", "mysql": "mysql+pymysql"}
-
-
-def data_dir() -> Path:
-    """The local data folder of the embedded defaults (demo database, archive, reports)."""
-    return Path(os.environ.get("LIFECYCLE_DATA_DIR", PROJECT_ROOT / "data")).resolve()
-
-
-def default_app_url() -> str:
-    return f"sqlite:///{data_dir() / 'smice_demo.db'}"
 
 
 def app_database_url() -> str:
@@ -39,30 +27,6 @@ def app_database_url() -> str:
     return connection_url(
         connection.conn_type, connection.host, connection.port, connection.login, connection.password, connection.schema
     )
-
-
-def connection_url(
-    conn_type: str, host: str | None, port: int | None, login: str | None, password: str | None, schema: str | None
-) -> str:
-    if conn_type == "sqlite":
-        path = host or schema
-        if not path:
-            raise ValueError(f"connection {APP_CONN_ID}: a sqlite connection needs the database file's path")
-        return f"sqlite:///{path}"
-    driver = DRIVERS.get(conn_type)
-    if driver is None:
-        raise ValueError(f"connection {APP_CONN_ID}: type {conn_type!r} is not supported (postgres, mysql, sqlite)")
-    query = {"charset": "utf8mb4"} if driver.startswith("mysql") else {}
-    url = URL.create(
-        driver,
-        username=login or None,
-        password=password or None,
-        host=host,
-        port=port,
-        database=schema or None,
-        query=query,
-    )
-    return url.render_as_string(hide_password=False)
 
 
 def archive_uri() -> str:

@@ -92,8 +92,9 @@ def _seed_canaries(engine) -> None:
     )
 
 
-def test_every_retention_dag_runs_end_to_end_without_leaking_personal_data(application, tmp_path):
-    runs = {dag_id: run_dag(dag_id, AS_OF, retries=0) for dag_id in DAG_IDS}
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+def test_every_retention_dag_runs_end_to_end_without_leaking_personal_data(application, tmp_path, dry_run):
+    runs = {dag_id: run_dag(dag_id, AS_OF, {"dry_run": dry_run}, retries=0) for dag_id in DAG_IDS}
 
     for dag_id, (state, dag_run) in runs.items():
         assert state == "success", (dag_id, task_states(dag_run))
@@ -105,7 +106,8 @@ def test_every_retention_dag_runs_end_to_end_without_leaking_personal_data(appli
     outcomes = {o["rule"]: o for report in reports.values() for o in report["rules"]}
     assert outcomes["account-closed"]["erased"] >= 1 and outcomes["account-closed"]["archived"] >= 1
     assert outcomes["prospects"]["erased"] >= 1 and outcomes["prospects"]["invalid"] >= 1
-    assert not _exists(application, "smicers", 900001)
+    assert _exists(application, "smicers", 900001) == dry_run
+    assert all(report["dry_run"] == dry_run for report in reports.values())
     assert _exists(application, "prospects", 900004), "activity after as-of: invalid, kept"
     assert len({report["policy_version"] for report in reports.values()}) == 1
 

@@ -66,7 +66,8 @@ def old_newsletter_subscriptions(engine, count: int) -> None:
 
 
 @pytest.mark.parametrize("answer", ["Approve", "Reject"])
-def test_above_its_ceiling_a_rule_waits_for_the_operators_answer(application, tmp_path, answer):
+def test_above_its_ceiling_a_rule_waits_for_the_operators_answer(application, tmp_path, monkeypatch, answer):
+    monkeypatch.setenv("AIRFLOW_VAR_LIFECYCLE_ALERT_EMAIL", ALERT_ADDRESS)
     old_newsletter_subscriptions(application, 80)
     subscriptions = scalar(application, "SELECT COUNT(*) FROM newsletter_subscriptions")
 
@@ -74,6 +75,8 @@ def test_above_its_ceiling_a_rule_waits_for_the_operators_answer(application, tm
         state, dag_run = run_dag("retention_newsletters", AS_OF, retries=0)
 
     assert state == "success" and asked == ["newsletter.approve"]
+    alerts = [path.read_text() for path in (tmp_path / "data" / "outbox" / "alerts").glob("*.eml")]
+    assert len(alerts) == 1 and "retention_newsletters: newsletter.approve waits for your approval" in alerts[0]
     states = task_states(dag_run)
     outcome = outcome_of(report_of(tmp_path, dag_run), "newsletter")
     left = scalar(application, "SELECT COUNT(*) FROM newsletter_subscriptions")

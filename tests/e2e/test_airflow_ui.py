@@ -9,7 +9,6 @@ the test's temporary folder.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,10 +49,13 @@ RUN_TIMEOUT = 240
 # Above the newsletter rule's volume ceiling (more than 50 and more than 20 % of the table): the
 # demo seeds 100 subscriptions, a few of them due.
 EXTRA_WITHDRAWN = 60
-# An operator answers seconds after being asked. Airflow 3.3.2 fails the approval task (a "state changed
-# externally" retry) when the answer lands before the scheduler has handled the exit of the worker that
-# parked it: by then the resumed try is queued again.
-OPERATOR_DELAY_SECONDS = 5
+# Airflow 3.3.2 fails the approval task (a "state changed externally" retry) when the answer lands before
+# the scheduler has handled the exit of the worker that parked it: by then the resumed try is queued again.
+# An operator answers minutes later; the test waits for the scheduler to log that exit.
+PARKED_WORKER_EXITED = (
+    "Received executor event with state success for task instance "
+    "TaskInstanceKey(dag_id={dag_id!r}, task_id={task_id!r}, run_id={run_id!r}"
+)
 SUBSCRIPTIONS = table(
     "newsletter_subscriptions",
     column("id"),
@@ -89,7 +91,12 @@ def app_database(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def standalone(browser_binaries, app_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standalone]:
     home = tmp_path_factory.mktemp("airflow-standalone")
-    env = {"LIFECYCLE_DATA_DIR": str(home / "data"), "AIRFLOW_CONN_SMICE_APP": app_database}
+    env = {
+        "LIFECYCLE_DATA_DIR": str(home / "data"),
+        "AIRFLOW_CONN_SMICE_APP": app_database,
+        # The newsletter rule archives nothing: a neutral location, shown in the README's screenshot.
+        "AIRFLOW_VAR_LIFECYCLE_ARCHIVE_URI": "file:///srv/smice/evidence-archive",
+    }
     with running_standalone(home, env) as server:
         yield server
 
@@ -115,7 +122,7 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_window_size(1400, 900)
+    driver.set_window_size(1600, 950)
     yield driver
     driver.quit()
 
@@ -148,7 +155,9 @@ def test_dry_run_succeeds_and_its_report_is_served(client: httpx.Client, standal
     assert httpx.get(standalone.url + report_path(dry_run)).status_code == 401
 
 
-def test_a_rejected_approval_keeps_the_rows(client: httpx.Client, app_database: str, dry_run: str):
+def test_a_rejected_approval_keeps_the_rows(
+    standalone: Standalone, client: httpx.Client, app_database: str, dry_run: str
+):
     # After the dry run (its fixture), which must see the demo's volume only.
     keys = add_withdrawn_subscriptions(app_database, EXTRA_WITHDRAWN)
     run_id = trigger(client, DAG_ID, {})
@@ -158,7 +167,8 @@ def test_a_rejected_approval_keeps_the_rows(client: httpx.Client, app_database: 
         timeout=RUN_TIMEOUT,
         what=f"{approve} awaiting input",
     )
-    time.sleep(OPERATOR_DELAY_SECONDS)
+    parked = PARKED_WORKER_EXITED.format(dag_id=DAG_ID, task_id=approve, run_id=run_id)
+    wait_for(lambda: parked in standalone.log.read_text(errors="replace"), timeout=60, what="the parked worker's exit")
     answer = client.patch(
         f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{approve}/-1/hitlDetails",
         json={"chosen_options": ["Reject"]},
