@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_harness import DAGS_FOLDER, PROJECT
+from airflow_harness import airflow_home_env
 
 _HOME = pytest.StashKey[Path]()
 
@@ -27,12 +27,7 @@ def pytest_configure(config: pytest.Config) -> None:
     home = config.stash[_HOME] = Path(tempfile.mkdtemp(prefix="airflow-home-"))
     os.environ.update(
         {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW_CONFIG": str(PROJECT / "airflow.cfg"),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            **airflow_home_env(home),
             "NO_COLOR": "1",  # plain text logs, whatever the terminal
             # An approval nobody answers times out at once (airflow_harness.run_dag): a run never hangs.
             "AIRFLOW_VAR_LIFECYCLE_APPROVAL_TIMEOUT_MINUTES": "0.02",

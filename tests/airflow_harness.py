@@ -32,6 +32,20 @@ PROJECT = Path(__file__).resolve().parents[1]
 DAGS_FOLDER = PROJECT / "dags"
 
 # dag.test() logs these around each task it runs (airflow/sdk/definitions/dag.py, _run_task).
+
+
+def airflow_home_env(home: Path) -> dict[str, str]:
+    """The settings of an Airflow home for the project's DAGs and plugins, its metadata DB in SQLite."""
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW_CONFIG": str(PROJECT / "airflow.cfg"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    }
+
+
 # Set while a test answers approvals itself; otherwise run_dag lets any approval time out.
 _answering = threading.Event()
 _TASK_MARK = re.compile(r"\[DAG TEST\] (starting|end task) task_id=(\S+) map_index=(-?\d+)")

@@ -80,7 +80,7 @@ def preview_step(run: RunContext, rule: Rule, step_name: str) -> dict:
             | {"table_rows": preview.table_rows, "invalid_records": preview.invalid}
         ),
         "gate": lambda: _gate(run, rule, preview),
-        "approve": lambda: {"approval": "not asked (dry run)", **preview.volume(rule).as_dict()},
+        "approve": lambda: _approval(run, preview.volume(rule)),
         "archive": lambda: _archive(run, rule, preview),
         "verify_archive": lambda: {"verified_batches": _archive(run, rule, preview)["batches"]},
         "erase": lambda: {"erased": len(preview.due_keys)} | _bundle_rows(run, rule, preview.due_keys),
@@ -88,6 +88,11 @@ def preview_step(run: RunContext, rule: Rule, step_name: str) -> dict:
         "notify": lambda: _notices(run, rule, preview.notice_keys),
     }
     return {"rule": rule.id, "dry_run": True, **would[step_name]()}
+
+
+def _approval(run: RunContext, volume: Volume) -> dict:
+    asked = volume.over and not run.volume_approved
+    return {"approval": "would be asked (above the ceiling)" if asked else "not needed", **volume.as_dict()}
 
 
 def _gate(run: RunContext, rule: Rule, preview: Preview) -> dict:

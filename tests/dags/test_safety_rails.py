@@ -88,6 +88,19 @@ def test_above_its_ceiling_a_rule_waits_for_the_operators_answer(application, tm
         assert left == subscriptions and outcome["erased"] == 0
 
 
+def test_a_dry_run_above_the_ceiling_asks_no_one_and_says_it_would(application, tmp_path):
+    old_newsletter_subscriptions(application, 80)
+    subscriptions = scalar(application, "SELECT COUNT(*) FROM newsletter_subscriptions")
+
+    with answering_approvals("Approve") as asked:
+        state, dag_run = run_dag("retention_newsletters", AS_OF, {"dry_run": True}, retries=0)
+
+    assert state == "success" and asked == []
+    outcome = outcome_of(report_of(tmp_path, dag_run), "newsletter")
+    assert outcome["approval"] == "would be asked (above the ceiling)" and outcome["erased"] > 80
+    assert scalar(application, "SELECT COUNT(*) FROM newsletter_subscriptions") == subscriptions
+
+
 def test_the_approval_shows_counts_and_keys_and_no_personal_data(application, tmp_path):
     old_newsletter_subscriptions(application, 80)
     with application.begin() as connection:

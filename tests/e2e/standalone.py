@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import httpx
 import psutil
 
-from airflow_harness import DAGS_FOLDER, PROJECT
+from airflow_harness import airflow_home_env
 from smtp_fixtures import free_port
 
 T = TypeVar("T")
@@ -81,12 +81,7 @@ def standalone_env(home: Path, port: int, extra_env: dict[str, str]) -> dict[str
     return {
         **inherited,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW_CONFIG": str(PROJECT / "airflow.cfg"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        **airflow_home_env(home),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),
         # Workers reach the execution API, and the UI its assets, through the base URL.
