@@ -9,7 +9,8 @@ and peak memory:
 - baseline: one `DELETE ... WHERE connected_at <= cutoff` statement (the database's own limit);
 - naive: `pandas.read_sql` of every due row, then a delete per row (what we must not do);
 - pipeline: the `connection-logs` rule (select, gate, erase in batches, verify);
-- pipeline-archive: the `applications-rejected` rule (select, gate, archive to Parquet, verify, erase).
+- pipeline-archive: the `applications-rejected` rule (select, gate, archive to Parquet, verify, erase);
+- dry-run: the `connection-logs` rule as a dry run (each step decides again and counts; nothing is written).
 
 Figures are printed as rows per second and as ratios to the baseline measured in the same run.
 """
@@ -30,7 +31,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 AS_OF = datetime(2026, 11, 25, tzinfo=UTC)
-APPROACHES = ("baseline", "naive", "pipeline", "pipeline-archive")
+APPROACHES = ("baseline", "naive", "pipeline", "pipeline-archive", "dry-run")
 
 FILL = [
     "INSERT INTO smicers (id, email, first_name, locale, created_at, last_login_at) "
@@ -134,7 +135,7 @@ def _naive(url: str) -> int:
     return len(frame)
 
 
-def _pipeline(rule_id: str):
+def _pipeline(rule_id: str, *, dry_run: bool = False):
     def run(url: str) -> int:
         from lifecycle.pipeline import run_rule
         from lifecycle.policy import load_policy
@@ -154,6 +155,7 @@ def _pipeline(rule_id: str):
                 archive_uri=(Path(scratch) / "archive").as_uri(),
                 reports_dir=Path(scratch) / "reports",
                 volume_approved=True,
+                dry_run=dry_run,
             )
             results = run_rule(run, policy.rule(rule_id))
         return next(r["erased"] for r in results if "erased" in r)
@@ -166,6 +168,7 @@ WORKERS = {
     "naive": _naive,
     "pipeline": _pipeline("connection-logs"),
     "pipeline-archive": _pipeline("applications-rejected"),
+    "dry-run": _pipeline("connection-logs", dry_run=True),
 }
 
 
