@@ -22,6 +22,24 @@ DEFAULT_ARGS = {
 }
 
 
+START_DATE = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def on_demand_dag(dag_id: str, description: str, doc_md: str, tags: list[str], params: dict) -> DAG:
+    """A DAG an operator triggers from its form (no schedule), with the lifecycle tasks' defaults."""
+    return DAG(
+        dag_id=dag_id,
+        description=description,
+        doc_md=doc_md,
+        schedule=None,
+        start_date=START_DATE,
+        catchup=False,
+        default_args=DEFAULT_ARGS,
+        tags=tags,
+        params=params,
+    )
+
+
 def build_dags(policy: Policy) -> dict[str, DAG]:
     return {purpose.dag_id: build_dag(policy, purpose) for purpose in policy.purposes}
 
@@ -32,7 +50,7 @@ def build_dag(policy: Policy, purpose: Purpose) -> DAG:
         description=purpose.title,
         doc_md=purpose_doc(policy, purpose),
         schedule=NIGHTLY,
-        start_date=datetime(2026, 1, 1, tzinfo=UTC),
+        start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,

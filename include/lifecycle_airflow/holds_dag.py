@@ -4,12 +4,10 @@ and writes nothing. XCom gets hold ids, counts and listed rows, which never hold
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from airflow.sdk import DAG, Param, task
 
 from lifecycle_airflow import config, tasks
-from lifecycle_airflow.factory import DEFAULT_ARGS
+from lifecycle_airflow.factory import on_demand_dag
 
 DAG_ID = "legal_holds"
 ACTIONS = ("place", "lift", "list")
@@ -32,16 +30,12 @@ The same from a shell: `python -m lifecycle.holds place|lift|list` (README, "Leg
 
 def build_holds_dag() -> DAG:
     policy = tasks._policy(config.policy_path())
-    with DAG(
-        dag_id=DAG_ID,
-        description="Place, lift or list an operator's legal holds",
-        doc_md=DOC,
-        schedule=None,
-        start_date=datetime(2026, 1, 1, tzinfo=UTC),
-        catchup=False,
-        default_args=DEFAULT_ARGS,
-        tags=["gdpr", "legal-hold"],
-        params=_params(sorted(policy.tables)),
+    with on_demand_dag(
+        DAG_ID,
+        "Place, lift or list an operator's legal holds",
+        DOC,
+        ["gdpr", "legal-hold"],
+        _params(sorted(policy.tables)),
     ) as dag:
         hold()
     return dag

@@ -4,12 +4,12 @@ restore what is still cold and copies what is readable; it holds no worker slot 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from airflow.sdk import DAG, BaseSensorOperator, Param
 
 from lifecycle_airflow import tasks
-from lifecycle_airflow.factory import DEFAULT_ARGS
+from lifecycle_airflow.factory import on_demand_dag
 
 DAG_ID = "archive_restore"
 POKE_INTERVAL = timedelta(hours=1)
@@ -33,16 +33,12 @@ class RestoreEvidenceSensor(BaseSensorOperator):
 
 
 def build_restore_dag() -> DAG:
-    with DAG(
-        dag_id=DAG_ID,
-        description="Restore archived evidence for a batch or a person",
-        doc_md=DOC,
-        schedule=None,
-        start_date=datetime(2026, 1, 1, tzinfo=UTC),
-        catchup=False,
-        default_args=DEFAULT_ARGS,
-        tags=["gdpr", "archive", "restore"],
-        params={
+    with on_demand_dag(
+        DAG_ID,
+        "Restore archived evidence for a batch or a person",
+        DOC,
+        ["gdpr", "archive", "restore"],
+        {
             "batch_key": Param("", type="string", description="A batch key, as in the run reports."),
             "email": Param("", type="string", description="Or: the address whose archived records to restore."),
             "destination": Param("", type="string", description="file:///abs/dir (empty: data folder's restored/)."),
