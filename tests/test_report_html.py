@@ -42,7 +42,7 @@ def a_report(**top) -> dict:
             "due": 3,
             "invalid": 1,
             "failed_step": "erase",
-            "approval": "timed out",
+            "approval": "rejected: no answer in time",
             "skipped": {HOSTILE: 2},
             "invalid_records": [{"table": "smicers", "key": 7, "reason": HOSTILE}],
         },
@@ -84,7 +84,7 @@ def test_a_failed_step_is_highlighted_in_its_rule_row():
     rows = re.findall(r"<tr[^>]*>.*?</tr>", page.split("<tbody>")[1])
     assert '<tr class="failed-row">' in rows[1] and '<td class="failed">erase</td>' in rows[1]
     assert "failed" not in rows[0]
-    assert '<td class="refused">timed out</td>' in rows[1]
+    assert '<td class="refused">rejected: no answer in time</td>' in rows[1]
     assert "Failed: &lt;script&gt;" in page
 
 

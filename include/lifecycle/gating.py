@@ -34,6 +34,9 @@ class Volume:
     def over(self) -> bool:
         return self.candidates > self.limit
 
+    def needs_approval(self, volume_approved: bool) -> bool:
+        return self.over and not volume_approved
+
     def as_dict(self) -> dict:
         return {
             "candidates": self.candidates,
@@ -107,7 +110,7 @@ def _acted_on(candidates, selection_id: int):
 def require_volume_approval(run: RunContext, rule: Rule) -> dict:
     """Step 3: above its volume ceiling, a rule acts only in a run approved for volume."""
     volume = staged_volume(run, rule)
-    if volume.over and not run.volume_approved:
+    if volume.needs_approval(run.volume_approved):
         raise GateFailed(
             f"{rule.id}/volume",
             [

@@ -91,7 +91,7 @@ def preview_step(run: RunContext, rule: Rule, step_name: str) -> dict:
 
 
 def _approval(run: RunContext, volume: Volume) -> dict:
-    asked = volume.over and not run.volume_approved
+    asked = volume.needs_approval(run.volume_approved)
     return {"approval": "would be asked (above the ceiling)" if asked else "not needed", **volume.as_dict()}
 
 

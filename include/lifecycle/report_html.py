@@ -10,19 +10,9 @@ from __future__ import annotations
 
 from html import escape
 
-COUNT_COLUMNS = (
-    ("due", "due"),
-    ("held", "held"),
-    ("invalid", "invalid"),
-    ("archived", "archived"),
-    ("erased", "erased"),
-    ("erased_with_bundle", "erased with bundle"),
-    ("pseudonymised", "pseudonymised"),
-    ("emailed", "emailed"),
-    ("purged", "purged"),
-)
-NOTICE_COUNTS = ("notices_due", "emailed", "undeliverable", "deferred", "unsettled", "responded", "notices_open")
-REFUSED_APPROVALS = ("rejected", "timed out")
+# The columns of a run report, per rule (reporting.py and the demo use them too).
+COLUMNS = ("due", "held", "invalid", "archived", "erased", "erased_with_bundle", "pseudonymised", "emailed", "purged")
+NOTICE_COLUMNS = ("notices_due", "emailed", "undeliverable", "deferred", "unsettled", "responded", "notices_open")
 DIGEST_SHOWN = 16
 NONE = "—"
 
@@ -123,7 +113,7 @@ def _header(report: dict, rules: list[dict]) -> str:
 
 
 def _rules_table(rules: list[dict]) -> str:
-    counts = "".join(f'<th class="num">{label}</th>' for _, label in COUNT_COLUMNS)
+    counts = "".join(f'<th class="num">{column.replace("_", " ")}</th>' for column in COLUMNS)
     head = f"<thead><tr><th>rule</th><th>last step</th>{counts}<th>approval</th><th>failed</th></tr></thead>"
     rows = "".join(_rule_row(outcome) for outcome in rules)
     return f'<div class="scroll"><table class="rules">{head}<tbody>{rows}</tbody></table></div>'
@@ -135,12 +125,17 @@ def _rule_row(outcome: dict) -> str:
     cells = [
         f"<td><code>{text(outcome.get('rule'))}</code></td>",
         f"<td>{text(outcome.get('stage') or 'not run')}</td>",
-        *(number_cell(outcome.get(key)) for key, _ in COUNT_COLUMNS),
-        f'<td class="refused">{text(approval)}</td>' if approval in REFUSED_APPROVALS else f"<td>{text(approval)}</td>",
+        *(number_cell(outcome.get(column)) for column in COLUMNS),
+        f'<td class="refused">{text(approval)}</td>' if _refused(approval) else f"<td>{text(approval)}</td>",
         f'<td class="failed">{text(failed_step)}</td>' if failed_step else f"<td>{NONE}</td>",
     ]
     row_class = ' class="failed-row"' if failed_step else ""
     return f"<tr{row_class}>{''.join(cells)}</tr>"
+
+
+def _refused(approval: str | None) -> bool:
+    """ "rejected by <user>" or "rejected: no answer in time" (lifecycle_airflow.approval)."""
+    return bool(approval) and approval.startswith("rejected")
 
 
 def _rule_details(outcome: dict) -> str:
@@ -158,7 +153,7 @@ def _rule_details(outcome: dict) -> str:
 def _notices(outcome: dict) -> str:
     if outcome.get("action") != "reactivate":
         return ""
-    rows = [(key.replace("_", " "), outcome.get(key, 0)) for key in NOTICE_COUNTS]
+    rows = [(key.replace("_", " "), outcome.get(key, 0)) for key in NOTICE_COLUMNS]
     rows += [(f"deferred, {reason}", count) for reason, count in (outcome.get("deferred_reasons") or {}).items()]
     return "<h3>Reactivation notices</h3>" + _two_columns(("notices", "count"), rows)
 

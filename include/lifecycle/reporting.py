@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, insert, select
 from lifecycle.holds import list_holds
 from lifecycle.policy import Rule
 from lifecycle.reactivation import notice_report
-from lifecycle.report_html import render_html
+from lifecycle.report_html import COLUMNS, NOTICE_COLUMNS, render_html
 from lifecycle.run import RunContext, now_utc_naive
 
 INVALID_LISTED = 200
@@ -167,10 +167,6 @@ def _record_finished(run: RunContext, report: dict) -> None:
             .where(runs.c.dag_id == run.dag_id, runs.c.run_id == run.run_id)
             .values(finished_at=now_utc_naive(), state="reported", summary=json.dumps(_compact(report)))
         )
-
-
-COLUMNS = ("due", "held", "invalid", "archived", "erased", "erased_with_bundle", "pseudonymised", "emailed", "purged")
-NOTICE_COLUMNS = ("notices_due", "emailed", "undeliverable", "deferred", "unsettled", "responded", "notices_open")
 
 
 def _compact(report: dict) -> dict:

@@ -6,7 +6,8 @@ self-contained HTML page: hand-written inline SVG, no script, no external asset.
     python -m lifecycle.trends [--db-url URL] [--runs 30] [--dag DAG_ID] --out FILE.html
 
 URL is the application database holding the pipeline's tables (`--database-url` is the same);
-by default the demo's SQLite file, data/smice_demo.db (under LIFECYCLE_DATA_DIR when set).
+by default the Airflow connection smice_app given in the environment (AIRFLOW_CONN_SMICE_APP), else
+the demo's SQLite file, data/smice_demo.db (under LIFECYCLE_DATA_DIR when set).
 """
 
 from __future__ import annotations

@@ -35,8 +35,8 @@ class VolumeApproval(ApprovalOperator):
 
         run = tasks.run_context()
         rule = run.policy.rule(self.rule_id)
-        volume = None if run.dry_run or run.volume_approved else staged_volume(run, rule)
-        if volume is None or not volume.over:
+        volume = None if run.dry_run else staged_volume(run, rule)
+        if volume is None or not volume.needs_approval(run.volume_approved):
             return run_step(run, rule, APPROVE)
         self.response_timeout = approval_timeout()
         self.notifiers = [OperatorAlert(*APPROVAL_AWAITED)]
