@@ -1,17 +1,21 @@
-"""A rule's decision on one record: due, held, invalid or not due, as of an instant.
+"""A rule's decision on its records: due, held, invalid, a notice to send, or not due, as of an instant.
 
-The database preselects (include/sql/select_candidates.sql); this module decides exactly, with
-calendar arithmetic, and names what made a record undecidable by table and column only."""
+The database decides, set-based (include/sql/decide.sql, bound by `DecisionStatement`); `decide()`
+is the reference it must agree with record by record (tests/test_decision_differential.py): the
+rule in plain Python, with calendar arithmetic. Both name what made a record undecidable by table
+and column only."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime
 
-from lifecycle.periods import MalformedValue, add_period, latest_due_anchor, to_utc, utc_date
-from lifecycle.policy import ColumnRef, Policy, Rule
+from dateutil.relativedelta import relativedelta
 
-DUE, HELD, INVALID, NOT_DUE = "due", "held", "invalid", "not_due"
+from lifecycle.periods import MalformedValue, add_period, due_anchors, to_utc, utc_date
+from lifecycle.policy import ColumnRef, Filter, Policy, Rule
+
+DUE, HELD, INVALID, NOTIFY, NOT_DUE = "due", "held", "invalid", "notify", "not_due"
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,9 @@ def _undecidable(reading: RuleReading, values: dict, latest: dict, as_of: dateti
         second = values[ColumnRef(table, later, "t")]
         if first is not None and second is not None and second < first:
             return f"{table}.{later} before {table}.{earlier}"
+    archive = reading.rule.archive
+    if archive and archive.source and values[archive.source] is None:
+        return "no retain_until source"
     return None
 
 
@@ -119,17 +126,147 @@ def _retain_until(rule: Rule, values: dict, as_of: datetime) -> date | None:
     return retain_until if retain_until > utc_date(as_of) else None
 
 
-def query_parameters(reading: RuleReading, as_of: datetime, dialect: str, today: date) -> dict:
-    """Bound values for select_candidates.sql: one cutoff per window, the suspect threshold, holds."""
-    naive = _naive_utc
-    params = {f"cutoff_{i}": naive(latest_due_anchor(as_of, w.period)) for i, w in enumerate(reading.rule.windows)}
-    # SQLite compares timestamps as text; a day's margin keeps the preselection a superset.
-    margin = timedelta(days=1) if dialect == "sqlite" else timedelta(0)
-    params["suspect_after"] = naive(as_of - margin)
-    params["today"] = today
-    params["hold_table"] = reading.rule.table
-    return params
+class DecisionStatement:
+    """decide.sql for one rule and run: the template's context and the values it binds."""
+
+    def __init__(self, run, rule: Rule):
+        policy, dialect = run.policy, run.engine.dialect.name
+        reading = RuleReading.of(policy, rule)
+        self.params: dict = {}
+        self.context = {
+            "table": rule.table,
+            "key": policy.tables[rule.table].key,
+            "parent": rule.parent,
+            "filters": self._conditions(rule.filters, "filter"),
+            "selected": reading.selected,
+            "events": reading.events,
+            "bundle_events": _bundle_events(policy, rule),
+            "chronology": reading.chronology,
+            "windows": [_window(w) for w in rule.windows],
+            "anchor_columns": [ref for w in rule.windows for ref in w.columns],
+            "anchorless_is_invalid": rule.without_anchor == "invalid",
+            "archive": rule.archive and {"source": rule.archive.source, "period": _period(rule.archive.retain_for)},
+            "holds": self._holds(run, rule),
+            "candidates": run.tables.qualified(run.tables.candidates),
+            "reactivation": rule.action == "reactivate"
+            and {
+                "notices": run.tables.qualified(run.tables.reactivation_notices),
+                "grace": _period(rule.grace_period),
+            },
+        }
+        instant = _instant_binder(dialect)
+        as_of = run.as_of
+        self.due = {f"window_{i}": due_anchors(as_of, w.period) for i, w in enumerate(rule.windows)}
+        if rule.grace_period is not None:
+            self.due["grace"] = due_anchors(as_of, rule.grace_period)
+        for name, intervals in self.due.items():
+            self.params[f"{name}_last"] = instant(intervals[-1][1])
+            for j, (start, end) in enumerate(intervals):
+                self.params |= {f"{name}_{j}_from": start and instant(start), f"{name}_{j}_to": instant(end)}
+        for i, window in enumerate(self.context["windows"]):
+            window |= {"name": f"window_{i}", "intervals": len(self.due[f"window_{i}"])}
+        if rule.grace_period is not None:
+            self.context["reactivation"]["intervals"] = len(self.due["grace"])
+        self.params |= {"as_of": instant(as_of), "as_of_date": _date_binder(dialect)(utc_date(as_of))}
+        self.params |= {"today": run.today, "hold_table": rule.table, "rule_id": rule.id}
+        if rule.archive and rule.archive.source is None:
+            retain_until = _retain_until(rule, {}, as_of)
+            self.params["retain_until_from_as_of"] = retain_until and _date_binder(dialect)(retain_until)
+
+    def _conditions(self, filters: tuple[Filter, ...], prefix: str, alias: str | None = None) -> list[dict]:
+        rendered = []
+        for i, flt in enumerate(filters):
+            param = f"{prefix}_{i}"
+            if flt.op == "eq":
+                self.params[param] = flt.value
+            rendered.append(
+                {"alias": alias or flt.column.alias, "column": flt.column.column, "op": flt.op, "param": param}
+            )
+        return rendered
+
+    def _holds(self, run, rule: Rule) -> dict:
+        policy = run.policy
+        restriction = policy.restriction_holds
+        return {
+            "enabled": rule.holds,
+            "email": policy.tables[rule.table].email,
+            "owner": _owner(policy, rule),
+            "bundle_members": [
+                {"table": m.table, "key": policy.tables[m.table].key, "link": m.link}
+                for m in (policy.bundles[rule.bundle].members if rule.bundle else ())
+            ],
+            "legal_holds": run.tables.qualified(run.tables.legal_holds),
+            "restriction": {
+                "table": restriction.table,
+                "email": restriction.email,
+                "filters": self._conditions(restriction.filters, "restriction", alias="r"),
+            },
+        }
 
 
-def _naive_utc(instant: datetime) -> datetime:
-    return instant.replace(tzinfo=None) if instant.tzinfo is None else to_utc(instant).replace(tzinfo=None)
+def _window(window) -> dict:
+    columns = window.columns
+    rotations = [columns[i:] + columns[:i] for i in range(len(columns))]
+    return {"columns": columns, "pick": window.pick, "rotations": rotations, "period": _period(window.period)}
+
+
+def _period(period: relativedelta) -> dict:
+    """A period as the databases add it: whole months (years included), then days."""
+    normalized = period.normalized()
+    months, days = normalized.years * 12 + normalized.months, normalized.days
+    return {"months": months, "days": days, "text": f"P{months}M{days}D"}
+
+
+def _bundle_events(policy: Policy, rule: Rule) -> list[dict]:
+    if not rule.bundle:
+        return []
+    return [
+        {"table": member.table, "link": member.link, "column": column}
+        for member in policy.bundles[rule.bundle].members
+        for column in policy.tables[member.table].event_timestamps
+    ]
+
+
+def _owner(policy: Policy, rule: Rule) -> dict | None:
+    """The smicer owning a bundle member's rows: their hold holds the row."""
+    membership = policy.bundle_membership(rule.table)
+    if membership is None:
+        return None
+    bundle, member = membership
+    root = policy.tables[bundle.root]
+    return {"table": root.name, "key": root.key, "email": root.email, "link": member.link}
+
+
+def _instant_binder(dialect: str):
+    """SQLite compares instants as canonical UTC text (lifecycle.sqlite_functions); the others as naive UTC."""
+    if dialect == "sqlite":
+        from lifecycle.sqlite_functions import canonical
+
+        return canonical
+    return lambda instant: to_utc(instant).replace(tzinfo=None)
+
+
+def _date_binder(dialect: str):
+    return (lambda day: day.isoformat()) if dialect == "sqlite" else (lambda day: day)
+
+
+def decide_keys(connection, run, rule: Rule, keys: list[int]) -> list[Decision]:
+    """The database's verdicts on the given records, inside the caller's transaction, which holds
+    them locked where the database can, so that they stay true until it commits."""
+    from lifecycle.sql import statement
+
+    decision = DecisionStatement(run, rule)
+    lock = statement(run.engine, "lock_records.sql", expanding=("keys",), r=decision.context, scope="keys")
+    connection.execute(lock, {"keys": keys})
+    query = statement(run.engine, "decide.sql", expanding=("keys",), r=decision.context, scope="keys")
+    rows = connection.execute(query, decision.params | {"keys": keys}).mappings()
+    return [_decision_of(row) for row in rows]
+
+
+def _decision_of(row) -> Decision:
+    due_at = row["due_epoch"] and datetime.fromtimestamp(row["due_epoch"], UTC)
+    anchor = to_utc(row["anchor"]) if row["due_epoch"] is not None else None
+    retain_until = row["retain_until"]
+    if isinstance(retain_until, str):
+        retain_until = date.fromisoformat(retain_until)
+    return Decision(row["record_key"], row["verdict"], row["reason"], anchor, due_at, retain_until)

@@ -1,22 +1,25 @@
-"""Steps 5 and 6 of a rule: erase the due records in short transactions, each record decided
-again under lock, then check that nothing recorded as erased remains."""
+"""Steps 5 and 6 of a rule: erase the due records set-based, a key range of candidates per short
+transaction, each statement re-checking in the database that its records are still due, not held,
+and copied to a verified archive batch where the rule archives; then check that nothing recorded as
+erased remains."""
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from sqlalchemy import and_, func, insert, literal, or_, select, update
+from sqlalchemy import func, select, update
 
-from lifecycle.archiving import AUDIT_COLUMNS, due_key_pages, verified_archived_keys
-from lifecycle.decide import DUE
+from lifecycle.decide import DecisionStatement
 from lifecycle.policy import Rule
-from lifecycle.reactivation import mark_erased
+from lifecycle.reactivation import close_erased_cycles
 from lifecycle.run import RunContext, now_utc_naive
 from lifecycle.s3_archive import S3Options
-from lifecycle.select import RuleSelector, selection_id_of
+from lifecycle.select import selection_id_of
 from lifecycle.sql import render, statement
+
+# Left in place by a safeguard, which fails the step: the run must not look complete.
+REFUSALS = ("archive not verified", "stored file not erased")
 
 
 class ErasureRefused(RuntimeError):
@@ -25,227 +28,152 @@ class ErasureRefused(RuntimeError):
 
 def erase_due(run: RunContext, rule: Rule) -> dict:
     """Erase what is still due; a record whose archive copy is not verified is never erased."""
-    selection_id = selection_id_of(run, rule)
-    eraser = _Eraser(run, rule, selection_id)
-    for keys in due_key_pages(run, selection_id, rule.batch_size):
-        if rule.bundle:
-            for key in keys:
-                eraser.erase_bundle(key)
-        else:
-            eraser.erase_records(keys)
-    counts = dict(eraser.counts)
-    refused = counts.get("skipped:archive not verified", 0) + counts.get("failed:stored file not erased", 0)
+    eraser = _RangeEraser(run, rule, selection_id_of(run, rule))
+    erased: dict[str, int] = {}
+    for key_from, key_to in eraser.key_ranges():
+        for name, count in eraser.erase_range(key_from, key_to).items():
+            erased[name] = erased.get(name, 0) + count
+    left = eraser.left_in_place()
+    refused = sum(count for reason, count in left.items() if reason in REFUSALS)
     if refused:
         raise ErasureRefused(
             f"rule {rule.id}: {refused} record(s) left in place (no verified archive copy, or a stored file "
-            f"that could not be erased); counts: {counts}"
+            f"that could not be erased); left in place: {left}"
         )
-    return {"rule": rule.id, **counts}
+    return {"rule": rule.id, **erased, **{f"skipped:{reason}": count for reason, count in left.items()}}
 
 
-class _Eraser:
+class _RangeEraser:
+    """The statements of one rule's erase step, for one selection."""
+
     def __init__(self, run: RunContext, rule: Rule, selection_id: int):
         self.run = run
         self.rule = rule
         self.selection_id = selection_id
-        self.selector = RuleSelector(run, rule)
-        self.counts: Counter[str] = Counter()
+        self.decision = DecisionStatement(run, rule)
+        tables = run.tables
+        self.names = {
+            "candidates": tables.qualified(tables.candidates),
+            "archived_records": tables.qualified(tables.archived_records),
+            "archive_batches": tables.qualified(tables.archive_batches),
+            "audit": tables.qualified(tables.audit_events),
+        }
 
-    def erase_records(self, keys: list[int]) -> None:
-        """One transaction for a batch of records of a rule without bundle."""
-        spec = self.run.policy.tables[self.rule.table]
+    def key_ranges(self) -> list[tuple[int, int]]:
+        """Ranges [from, to) of `batch_size` pending due candidates each, in key order."""
+        c = self.run.tables.candidates
+        with self.run.engine.connect() as connection:
+            query = statement(self.run.engine, "erase_ranges.sql", candidates=self.names["candidates"])
+            starts = list(
+                connection.execute(query, {"selection_id": self.selection_id, "size": self.rule.batch_size}).scalars()
+            )
+            last = connection.execute(
+                select(func.max(c.c.record_key)).where(
+                    c.c.selection_id == self.selection_id, c.c.decision == "due", c.c.state == "pending"
+                )
+            ).scalar()
+        return list(zip(starts, [*starts[1:], last + 1], strict=True)) if starts else []
+
+    def erase_range(self, key_from: int, key_to: int) -> dict[str, int]:
+        """One transaction: lock, re-check, erase stored files, audit, erase (the bundle with its smicer)."""
+        bounds = {"selection_id": self.selection_id, "key_from": key_from, "key_to": key_to}
         with self.run.engine.begin() as connection:
-            erasable = self._still_erasable(connection, keys)
+            self._execute(connection, "lock_records.sql", bounds, r=self.decision.context, scope="staged")
+            self._recheck(connection, bounds)
             if self.rule.stored_file:
-                erasable = self._erase_stored_files(connection, erasable)
-            if erasable:
-                self._delete(connection, self.rule.table, spec.key, list(erasable))
-                self._mark(connection, list(erasable), "erased", None)
-                self._audit_erased_candidates(connection, list(erasable))
-                self.counts["erased"] += len(erasable)
-
-    def erase_bundle(self, owner: int) -> None:
-        """One transaction for one smicer: members erased or pseudonymised, then the smicer."""
-        policy = self.run.policy
-        bundle = policy.bundles[self.rule.bundle]
-        root = policy.tables[bundle.root]
-        with self.run.engine.begin() as connection:
-            if not self._still_erasable(connection, [owner]):
-                return
-            members = {m.table: self._member_keys(connection, m.table, m.link, owner) for m in bundle.members}
-            if self._legally_held(connection, members):
-                self._skip(connection, owner, "legal hold on a row of the bundle")
-                return
-            batches: dict[tuple[str, int], str | None] = {(bundle.root, owner): self._archived[owner]}
-            if self._needs_archive(owner):
-                for member in bundle.members:
-                    if member.action != "erase":
-                        continue
-                    archived = verified_archived_keys(self.run, connection, member.table, members[member.table])
-                    if len(archived) != len(members[member.table]):
-                        self._mark(connection, [owner], "skipped", "archive not verified")
-                        self.counts["skipped:archive not verified"] += 1
-                        return
-                    batches |= {(member.table, key): batch for key, batch in archived.items()}
-            for member in bundle.members:
-                keys = members[member.table]
-                if not keys:
-                    continue
-                if member.action == "erase":
-                    self._delete(connection, member.table, member.link, [owner])
-                    self._audit(
-                        connection, "erased", member.table, keys, {k: batches.get((member.table, k)) for k in keys}
-                    )
-                else:
-                    connection.execute(
-                        statement(
-                            self.run.engine,
-                            "pseudonymise_rows.sql",
-                            expanding=("owners",),
-                            table=member.table,
-                            link=member.link,
-                        ),
-                        {"owners": [owner]},
-                    )
-                    self._audit(connection, "pseudonymised", member.table, keys, {})
-                self.counts[f"{member.action}d:{member.table}"] += len(keys)
-            self._delete(connection, bundle.root, root.key, [owner])
-            self._audit(connection, "erased", bundle.root, [owner], {owner: batches[(bundle.root, owner)]})
+                self._erase_stored_files(connection, bounds)
+            erased: dict[str, int] = {}
+            for table, column, action in self._targets():
+                self._audit(connection, bounds, table, column, action)
+                erase = self._execute(
+                    connection, "erase_staged.sql", bounds, table=table, column=column, action=action, **self.names
+                )
+                count = erase.rowcount
+                if table != self.rule.table:
+                    erased[f"{action}d:{table}"] = count
             if self.rule.action == "reactivate":
-                mark_erased(connection, self.run, self.rule, owner)
-            self._mark(connection, [owner], "erased", None)
-            self.counts["erased"] += 1
+                close_erased_cycles(connection, self.run, self.rule, self._staged(bounds))
+            erased["erased"] = self._mark_erased(connection, bounds)
+        return erased
 
-    def _still_erasable(self, connection, keys: list[int]) -> dict[int, str | None]:
-        """Of `keys`, those still due and not held now, with a verified copy where one is needed."""
-        decisions = {d.record_key: d for d in self.selector.redecide(connection, keys)}
-        self._archive_needed = {k: d.needs_archive for k, d in decisions.items()}
-        needing = [k for k, d in decisions.items() if d.verdict == DUE and d.needs_archive]
-        archived = verified_archived_keys(self.run, connection, self.rule.table, needing)
-        self._archived = {k: archived.get(k) for k in decisions}
-        erasable: dict[int, str | None] = {}
-        for key in keys:
-            decision = decisions.get(key)
-            if decision is None:
-                self._skip(connection, key, "gone before erasure")
-            elif decision.verdict != DUE:
-                self._skip(connection, key, f"no longer due: {decision.verdict}")
-            elif decision.needs_archive and key not in archived:
-                self._skip(connection, key, "archive not verified")
-            else:
-                erasable[key] = archived.get(key)
-        return erasable
+    def _recheck(self, connection, bounds: dict) -> None:
+        params = self.decision.params | bounds | {"table_name": self.rule.table}
+        context = {"r": self.decision.context, "scope": "staged"} | self.names
+        self._execute(connection, "erase_skip.sql", params, gone=True, **context)
+        self._execute(connection, "erase_skip.sql", params, gone=False, **context)
 
-    def _legally_held(self, connection, rows: dict[str, list[int]]) -> bool:
-        holds = self.run.tables.legal_holds
-        held = or_(
-            *(and_(holds.c.table_name == table, holds.c.record_key.in_(keys)) for table, keys in rows.items() if keys)
-        )
-        query = select(func.count()).where(
-            holds.c.lifted_at.is_(None), or_(holds.c.until.is_(None), holds.c.until > self.run.today), held
-        )
-        return any(rows.values()) and connection.execute(query).scalar_one() > 0
+    def _targets(self) -> list[tuple[str, str, str]]:
+        """(table, column matched to the candidates, action): a bundle's members first, the rule's table last."""
+        policy = self.run.policy
+        members = policy.bundles[self.rule.bundle].members if self.rule.bundle else ()
+        targets = [(m.table, m.link, "erase" if m.action == "erase" else "pseudonymise") for m in members]
+        return [*targets, (self.rule.table, policy.tables[self.rule.table].key, "erase")]
 
-    def _needs_archive(self, key: int) -> bool:
-        return self._archive_needed.get(key, False)
+    def _audit(self, connection, bounds: dict, table: str, column: str, action: str) -> None:
+        run = self.run
+        params = bounds | {
+            "recorded_at": now_utc_naive(),
+            "dag_id": run.dag_id,
+            "run_id": run.run_id,
+            "rule_id": self.rule.id,
+            "action": f"{action}d",
+            "table_name": table,
+            "policy_version": run.policy.version,
+            "as_of": run.as_of_naive,
+        }
+        key = run.policy.tables[table].key
+        self._execute(connection, "erase_audit.sql", params, table=table, key=key, column=column, **self.names)
 
-    def _skip(self, connection, key: int, reason: str) -> None:
-        self._mark(connection, [key], "skipped", reason)
-        self.counts[f"skipped:{reason}"] += 1
-
-    def _erase_stored_files(self, connection, erasable: dict[int, str | None]) -> dict[int, str | None]:
+    def _erase_stored_files(self, connection, bounds: dict) -> None:
         """Erase each record's stored file first; a record whose file cannot be erased stays."""
-        if not erasable:
-            return erasable
+        spec = self.run.policy.tables[self.rule.table]
         query = statement(
             self.run.engine,
             "stored_files.sql",
-            expanding=("keys",),
             table=self.rule.table,
-            key=self.run.policy.tables[self.rule.table].key,
+            key=spec.key,
             column=self.rule.stored_file,
+            candidates=self.names["candidates"],
         )
-        kept = dict(erasable)
-        for key, location in connection.execute(query, {"keys": list(erasable)}).all():
-            if not erase_stored_file(location, self.run.s3_options):
-                del kept[key]
-                self._mark(connection, [key], "failed", "stored file not erased")
-                self.counts["failed:stored file not erased"] += 1
-        return kept
-
-    def _member_keys(self, connection, table: str, link: str, owner: int) -> list[int]:
-        query = statement(
-            self.run.engine,
-            "member_keys.sql",
-            expanding=("owners",),
-            table=table,
-            key=self.run.policy.tables[table].key,
-            link=link,
-        )
-        return list(connection.execute(query, {"owners": [owner]}).scalars())
-
-    def _delete(self, connection, table: str, column: str, keys: list[int]) -> None:
-        query = statement(self.run.engine, "delete_rows.sql", expanding=("keys",), table=table, column=column)
-        connection.execute(query, {"keys": keys})
-
-    def _audit_erased_candidates(self, connection, keys: list[int]) -> None:
-        """One audit event per erased record of the rule's table, written by the database itself."""
-        candidates, records, audit = (
-            self.run.tables.candidates,
-            self.run.tables.archived_records,
-            self.run.tables.audit_events,
-        )
-        events = (
-            select(
-                literal(now_utc_naive()),
-                literal(self.run.dag_id),
-                literal(self.run.run_id),
-                literal(self.rule.id),
-                literal("erased"),
-                literal(self.rule.table),
-                candidates.c.record_key,
-                literal(self.run.policy.version),
-                records.c.batch_key,
-                literal(self.run.as_of_naive),
+        stored = connection.execute(query, bounds).all()
+        failed = [key for key, location in stored if not erase_stored_file(location, self.run.s3_options)]
+        if failed:
+            c = self.run.tables.candidates
+            connection.execute(
+                update(c)
+                .where(c.c.selection_id == self.selection_id, c.c.record_key.in_(failed))
+                .values(state="failed", reason="stored file not erased")
             )
-            .select_from(candidates)
-            .outerjoin(
-                records,
-                and_(records.c.table_name == self.rule.table, records.c.record_key == candidates.c.record_key),
-            )
-            .where(candidates.c.selection_id == self.selection_id, candidates.c.record_key.in_(keys))
-        )
-        connection.execute(insert(audit).from_select(AUDIT_COLUMNS, events))
 
-    def _audit(self, connection, action: str, table: str, keys: list[int], batches: dict) -> None:
-        recorded_at = now_utc_naive()
-        connection.execute(
-            insert(self.run.tables.audit_events),
-            [
-                {
-                    "recorded_at": recorded_at,
-                    "dag_id": self.run.dag_id,
-                    "run_id": self.run.run_id,
-                    "rule": self.rule.id,
-                    "action": action,
-                    "table_name": table,
-                    "record_key": key,
-                    "policy_version": self.run.policy.version,
-                    "archive_batch": batches.get(key),
-                    "as_of": self.run.as_of_naive,
-                }
-                for key in keys
-            ],
+    def _staged(self, bounds: dict):
+        c = self.run.tables.candidates
+        return select(c.c.record_key).where(
+            c.c.selection_id == bounds["selection_id"],
+            c.c.decision == "due",
+            c.c.state == "pending",
+            c.c.record_key >= bounds["key_from"],
+            c.c.record_key < bounds["key_to"],
         )
 
-    def _mark(self, connection, keys: list[int], state: str, reason: str | None) -> None:
-        candidates = self.run.tables.candidates
-        values = {"state": state} if reason is None else {"state": state, "reason": reason}
-        connection.execute(
-            update(candidates)
-            .where(candidates.c.selection_id == self.selection_id, candidates.c.record_key.in_(keys))
-            .values(**values)
-        )
+    def _mark_erased(self, connection, bounds: dict) -> int:
+        c = self.run.tables.candidates
+        staged = self._staged(bounds).whereclause
+        return connection.execute(update(c).where(staged).values(state="erased")).rowcount
+
+    def left_in_place(self) -> dict[str, int]:
+        c = self.run.tables.candidates
+        with self.run.engine.connect() as connection:
+            rows = connection.execute(
+                select(c.c.reason, func.count())
+                .where(
+                    c.c.selection_id == self.selection_id, c.c.decision == "due", c.c.state.in_(("skipped", "failed"))
+                )
+                .group_by(c.c.reason)
+            ).all()
+        return dict(rows)
+
+    def _execute(self, connection, template: str, params: dict, **context):
+        return connection.execute(statement(self.run.engine, template, **context), params)
 
 
 def erase_stored_file(location: str, s3_options: S3Options | None = None) -> bool:

@@ -15,6 +15,7 @@ from contextlib import ExitStack
 
 from sqlalchemy import select, update
 
+from lifecycle.decide import decide_keys
 from lifecycle.locks import exclusive
 from lifecycle.mail import (
     DeliveryUncertain,
@@ -38,7 +39,7 @@ from lifecycle.reactivation import (
     latest_notices,
 )
 from lifecycle.run import RunContext, now_utc_naive
-from lifecycle.select import FIRST_KEY, RuleSelector, selection_id_of
+from lifecycle.select import selection_id_of
 from lifecycle.sql import statement
 
 # The ledger refused a second notice for the cycle although the decision saw none: never send it.
@@ -95,7 +96,6 @@ class _NoticeSender:
         self.rule = rule
         self.selection_id = selection_id
         self.ledger = ledger
-        self.selector = RuleSelector(run, rule)
         self.throttle = Throttle(run.notices.max_per_minute)
         self.emails_left = run.notices.max_per_run - ledger.sent_in_run()
         self.fault: str | None = None
@@ -115,7 +115,7 @@ class _NoticeSender:
     def _candidates(self) -> Iterator[int]:
         """The selection's notices not handled yet, in key order (each is marked once handled)."""
         c = self.run.tables.candidates
-        after = FIRST_KEY
+        after = -(2**63)  # below every key
         while True:
             with self.run.engine.connect() as connection:
                 keys = list(
@@ -140,7 +140,7 @@ class _NoticeSender:
         if not self.run.notices_allowed:
             return self._mark(key, "deferred", "as-of in the past: sent by a current run")
         with self.run.engine.begin() as connection:
-            decision = next(iter(self.selector.redecide(connection, [key])), None)
+            decision = next(iter(decide_keys(connection, self.run, self.rule, [key])), None)
             if decision is None or decision.verdict != NOTIFY:
                 return self._mark_settled_or_skipped(connection, key, decision)
             recipient = self._recipient(connection, key)

@@ -57,6 +57,33 @@ def epoch_seconds(instant: datetime) -> int:
     return int(instant.timestamp())
 
 
-def latest_due_anchor(as_of: datetime, period: relativedelta) -> datetime:
-    """An instant no due anchor exceeds: month-end clipping moves a date by at most 3 days."""
-    return as_of - period + timedelta(days=3)
+def due_anchors(as_of: datetime, period: relativedelta) -> list[tuple[datetime | None, datetime]]:
+    """The anchors due as of `as_of` (anchor + period <= as_of) as closed intervals, the first unbounded below.
+
+    Calendar addition moves the date and keeps the time of day. On dates it is monotone, but month-end
+    clipping sends several dates to one (2024-02-28 and 2024-02-29 + 1 year are both 2025-02-28), so
+    on each date that lands on the as-of's own date only the times up to the as-of's time are due:
+    2024-02-28 23:00 + 1 year is not due as of 2025-02-28 00:00, although 2024-02-29 00:00 is."""
+    as_of_day = as_of.date()
+    time_of_day = as_of - _midnight(as_of_day)
+
+    def landing(day: date) -> date:
+        return add_period(_midnight(day), period).date()
+
+    last_whole_day = (as_of - period).date() + timedelta(days=4)
+    while landing(last_whole_day) >= as_of_day:
+        last_whole_day -= timedelta(days=1)
+    intervals = [(None, _midnight(last_whole_day + timedelta(days=1)) - timedelta(microseconds=1))]
+    day = last_whole_day + timedelta(days=1)
+    while landing(day) == as_of_day:
+        start, end = _midnight(day), _midnight(day) + time_of_day
+        if intervals[-1][1] == start - timedelta(microseconds=1):
+            intervals[-1] = (intervals[-1][0], end)
+        else:
+            intervals.append((start, end))
+        day += timedelta(days=1)
+    return intervals
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)

@@ -1,68 +1,18 @@
-"""A dry run: each step of a rule decides exactly as it would and reports what it would do, and
-writes nothing: no staged decision, no archive, no erasure, no email, no audit event.
-
-Steps of a dry run share no staged state, so each one decides again from the application
-database: the same as-of and the same policy give the same decisions."""
+"""A dry run: each step of a rule reports what it would do, from the real select step's statement
+run inside a transaction that is then rolled back: no staged decision, archive, erasure, email or
+audit event remains. The same as-of and policy give the same decisions as the real run."""
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
-from datetime import date
+from sqlalchemy import func, insert, select
 
-from lifecycle.decide import DUE, HELD, INVALID, NOT_DUE
+from lifecycle.decide import DUE, NOTIFY
 from lifecycle.gating import Volume, candidate_expectations, volume_limit
 from lifecycle.periods import epoch_seconds
 from lifecycle.policy import Rule
-from lifecycle.reactivation import NOTIFY
-from lifecycle.run import RunContext
-from lifecycle.select import RuleSelector, table_rows
+from lifecycle.run import RunContext, now_utc_naive
+from lifecycle.select import selection_counts, stage_decisions
 from lifecycle.sql import statement
-
-INVALID_LISTED = 200
-MEMBER_KEYS_PER_QUERY = 1000
-
-
-@dataclass
-class Preview:
-    """What a rule would act on as of the run: counts, and the keys the steps would pass on."""
-
-    counts: Counter[str] = field(default_factory=Counter)
-    candidates: list[tuple[int, int | None, int | None]] = field(default_factory=list)  # key, anchor, due
-    due_keys: list[int] = field(default_factory=list)
-    notice_keys: list[int] = field(default_factory=list)
-    invalid: list[dict] = field(default_factory=list)
-    archive_keys: dict[date, list[int]] = field(default_factory=dict)  # by retain_until
-    table_rows: int = 0
-
-    def volume(self, rule: Rule) -> Volume:
-        return Volume(len(self.candidates), self.table_rows, volume_limit(rule, self.table_rows))
-
-
-def preview_rule(run: RunContext, rule: Rule) -> Preview:
-    preview = Preview(table_rows=table_rows(run, rule))
-    for decisions in RuleSelector(run, rule).pages(rule.batch_size):
-        for decision in decisions:
-            if decision.verdict != NOT_DUE:
-                _take(preview, rule, decision)
-    return preview
-
-
-def _take(preview: Preview, rule: Rule, decision) -> None:
-    preview.counts[decision.verdict] += 1
-    if decision.verdict in (DUE, NOTIFY):
-        anchor = epoch_seconds(decision.anchor) if decision.anchor else None
-        due = epoch_seconds(decision.due_at) if decision.due_at else None
-        preview.candidates.append((decision.record_key, anchor, due))
-    if decision.verdict == NOTIFY:
-        preview.notice_keys.append(decision.record_key)
-    if decision.verdict == DUE:
-        preview.due_keys.append(decision.record_key)
-        if decision.needs_archive:
-            preview.counts["to_archive"] += 1
-            preview.archive_keys.setdefault(decision.retain_until, []).append(decision.record_key)
-    if decision.verdict == INVALID and len(preview.invalid) < INVALID_LISTED:
-        preview.invalid.append({"table": rule.table, "key": decision.record_key, "reason": decision.reason})
 
 
 def preview_step(run: RunContext, rule: Rule, step_name: str) -> dict:
@@ -71,103 +21,157 @@ def preview_step(run: RunContext, rule: Rule, step_name: str) -> dict:
         from lifecycle.expiry import purge_expired
 
         return purge_expired(run, rule) | {"dry_run": True}
-    preview = preview_rule(run, rule)
-    counts = {DUE: preview.counts[DUE], HELD: preview.counts[HELD], INVALID: preview.counts[INVALID]}
-    would: dict = {
-        "select": lambda: (
-            counts
-            | {"to_archive": preview.counts["to_archive"], "notify": preview.counts[NOTIFY]}
-            | {"table_rows": preview.table_rows, "invalid_records": preview.invalid}
-        ),
-        "gate": lambda: _gate(run, rule, preview),
-        "approve": lambda: _approval(run, preview.volume(rule)),
-        "archive": lambda: _archive(run, rule, preview),
-        "verify_archive": lambda: {"verified_batches": _archive(run, rule, preview)["batches"]},
-        "erase": lambda: {"erased": len(preview.due_keys)} | _bundle_rows(run, rule, preview.due_keys),
-        "verify_erase": lambda: {"checked_records": len(preview.due_keys)},
-        "notify": lambda: _notices(run, rule, preview.notice_keys),
-    }
-    return {"rule": rule.id, "dry_run": True, **would[step_name]()}
+    with run.engine.connect() as connection:
+        transaction = connection.begin()
+        try:
+            selection_id = _stage(connection, run, rule)
+            would_do = WOULD_DO[step_name](_Staged(connection, run, rule, selection_id))
+        finally:
+            transaction.rollback()
+    return {"rule": rule.id, "dry_run": True, **would_do}
 
 
-def _approval(run: RunContext, volume: Volume) -> dict:
-    asked = volume.needs_approval(run.volume_approved)
-    return {"approval": "would be asked (above the ceiling)" if asked else "not needed", **volume.as_dict()}
+def _stage(connection, run: RunContext, rule: Rule) -> int:
+    selections = run.tables.selections
+    opened = connection.execute(
+        insert(selections).values(
+            dag_id=run.dag_id,
+            run_id=f"{run.run_id} (dry run)",
+            rule=rule.id,
+            as_of=run.as_of_naive,
+            policy_version=run.policy.version,
+            created_at=now_utc_naive(),
+            stage="selecting",
+        )
+    )
+    selection_id = opened.inserted_primary_key[0]
+    stage_decisions(connection, run, rule, selection_id)
+    return selection_id
 
 
-def _gate(run: RunContext, rule: Rule, preview: Preview) -> dict:
+class _Staged:
+    """The rolled-back selection a dry-run step reads."""
+
+    def __init__(self, connection, run: RunContext, rule: Rule, selection_id: int):
+        self.connection = connection
+        self.run = run
+        self.rule = rule
+        self.selection_id = selection_id
+
+    def count(self, decisions: tuple[str, ...]) -> int:
+        c = self.run.tables.candidates
+        query = select(func.count()).where(c.c.selection_id == self.selection_id, c.c.decision.in_(decisions))
+        return self.connection.execute(query).scalar_one()
+
+    def volume(self) -> Volume:
+        rows = self.connection.execute(statement(self.run.engine, "count_rows.sql", table=self.rule.table))
+        table_rows = rows.scalar_one()
+        return Volume(self.count((DUE, NOTIFY)), table_rows, volume_limit(self.rule, table_rows))
+
+    def rows_of_due(self, table: str, column: str, retain_until=None) -> int:
+        """Rows of `table` whose `column` is a due candidate's key (of one retain_until, if given)."""
+        query = statement(
+            self.run.engine,
+            "count_staged_rows.sql",
+            table=table,
+            column=column,
+            candidates=self.run.tables.qualified(self.run.tables.candidates),
+            by_retain_until=retain_until is not None,
+        )
+        params = {"selection_id": self.selection_id, "retain_until": retain_until}
+        return self.connection.execute(query, params).scalar_one()
+
+
+def _select(staged: _Staged) -> dict:
+    return selection_counts(staged.connection, staged.run, staged.rule, staged.selection_id)
+
+
+def _gate(staged: _Staged) -> dict:
     import pandas
 
     from lifecycle.gates import validate_frame
 
-    frame = pandas.DataFrame(preview.candidates, columns=["record_key", "anchor_epoch", "due_epoch"], dtype="Int64")
-    summary = validate_frame(
-        frame,
-        candidate_expectations(rule, epoch_seconds(run.as_of)),
-        gate=f"{rule.id}/candidates",
-        artifact_path=run.artifact_path(rule, "gate-candidates.json"),
+    c = staged.run.tables.candidates
+    query = select(c.c.record_key, c.c.anchor_epoch, c.c.due_epoch).where(
+        c.c.selection_id == staged.selection_id, c.c.decision.in_((DUE, NOTIFY))
     )
-    return {"passed": bool(summary.get("success")), **preview.volume(rule).as_dict()}
+    frame = pandas.DataFrame(
+        staged.connection.execute(query).all(), columns=["record_key", "anchor_epoch", "due_epoch"]
+    )
+    summary = validate_frame(
+        frame.astype("Int64"),
+        candidate_expectations(staged.rule, epoch_seconds(staged.run.as_of)),
+        gate=f"{staged.rule.id}/candidates",
+        artifact_path=staged.run.artifact_path(staged.rule, "gate-candidates.json"),
+    )
+    return {"passed": bool(summary.get("success")), **staged.volume().as_dict()}
 
 
-def _archive(run: RunContext, rule: Rule, preview: Preview) -> dict:
+def _approve(staged: _Staged) -> dict:
+    volume = staged.volume()
+    asked = volume.needs_approval(staged.run.volume_approved)
+    return {"approval": "would be asked (above the ceiling)" if asked else "not needed", **volume.as_dict()}
+
+
+def _archive(staged: _Staged) -> dict:
     """The rows each batch would hold: one batch per archived table and retain_until (lifecycle.archiving)."""
     from lifecycle.archiving import archive_sources
 
-    batch_rows = []
-    with run.engine.connect() as connection:
-        for keys in preview.archive_keys.values():
-            for source in archive_sources(run.policy, rule):
-                rows = len(keys) if source.is_root else _member_rows(connection, run, source.table, source.match, keys)
-                if rows:
-                    batch_rows.append(rows)
-    return {"archived": sum(batch_rows), "batches": len(batch_rows)}
+    c = staged.run.tables.candidates
+    retain_dates = staged.connection.execute(
+        select(c.c.retain_until)
+        .where(c.c.selection_id == staged.selection_id, c.c.decision == DUE, c.c.retain_until.is_not(None))
+        .distinct()
+    ).scalars()
+    sources = archive_sources(staged.run.policy, staged.rule)
+    batch_rows = [
+        staged.rows_of_due(source.table, source.match, retain_until)
+        for retain_until in list(retain_dates)
+        for source in sources
+    ]
+    return {"archived": sum(batch_rows), "batches": sum(1 for rows in batch_rows if rows)}
 
 
-def _bundle_rows(run: RunContext, rule: Rule, owners: list[int]) -> dict:
-    """The rows of each smicer's bundle that would be erased or pseudonymised with them."""
-    if not rule.bundle:
-        return {}
-    rows: Counter[str] = Counter()
-    with run.engine.connect() as connection:
-        for member in run.policy.bundles[rule.bundle].members:
-            found = _member_rows(connection, run, member.table, member.link, owners)
-            rows["erased_with_bundle" if member.action == "erase" else "pseudonymised"] += found
-    return dict(rows)
+def _erase(staged: _Staged) -> dict:
+    """The records that would be erased, and the rows of their bundles erased or pseudonymised with them."""
+    erased = {"erased": staged.count((DUE,))}
+    if staged.rule.bundle:
+        erased |= {"erased_with_bundle": 0, "pseudonymised": 0}
+        for member in staged.run.policy.bundles[staged.rule.bundle].members:
+            column = "erased_with_bundle" if member.action == "erase" else "pseudonymised"
+            erased[column] += staged.rows_of_due(member.table, member.link)
+    return erased
 
 
-def _notices(run: RunContext, rule: Rule, keys: list[int]) -> dict:
+def _notify(staged: _Staged) -> dict:
     """Notices that would leave (within the per-run limit), and those whose address is unusable."""
     from lifecycle.mail import valid_address
 
+    run, rule = staged.run, staged.rule
     spec = run.policy.tables[rule.table]
     query = statement(
         run.engine,
-        "fetch_rows.sql",
-        expanding=("keys",),
+        "staged_emails.sql",
         table=rule.table,
-        columns=[spec.email],
-        match=spec.key,
         key=spec.key,
+        email=spec.email,
+        candidates=run.tables.qualified(run.tables.candidates),
     )
-    with run.engine.connect() as connection:
-        usable = sum(
-            valid_address(address) is not None
-            for start in range(0, len(keys), MEMBER_KEYS_PER_QUERY)
-            for address in connection.execute(query, {"keys": keys[start : start + MEMBER_KEYS_PER_QUERY]}).scalars()
-        )
-    return {
-        "notices_due": len(keys),
-        "emailed": min(usable, run.notices.max_per_run),
-        "undeliverable": len(keys) - usable,
-    }
+    addresses = staged.connection.execute(query, {"selection_id": staged.selection_id}).scalars()
+    due = usable = 0
+    for address in addresses:
+        due += 1
+        usable += valid_address(address) is not None
+    return {"notices_due": due, "emailed": min(usable, run.notices.max_per_run), "undeliverable": due - usable}
 
 
-def _member_rows(connection, run: RunContext, table: str, link: str, owners: list[int]) -> int:
-    query = statement(
-        run.engine, "member_keys.sql", expanding=("owners",), table=table, key=run.policy.tables[table].key, link=link
-    )
-    return sum(
-        len(connection.execute(query, {"owners": owners[start : start + MEMBER_KEYS_PER_QUERY]}).scalars().all())
-        for start in range(0, len(owners), MEMBER_KEYS_PER_QUERY)
-    )
+WOULD_DO = {
+    "select": _select,
+    "gate": _gate,
+    "approve": _approve,
+    "archive": _archive,
+    "verify_archive": lambda staged: {"verified_batches": _archive(staged)["batches"]},
+    "erase": _erase,
+    "verify_erase": lambda staged: {"checked_records": staged.count((DUE,))},
+    "notify": _notify,
+}

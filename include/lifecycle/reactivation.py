@@ -14,14 +14,13 @@ from datetime import datetime
 
 from sqlalchemy import func, insert, select, update
 
-from lifecycle.decide import DUE, NOT_DUE, Decision
+from lifecycle.decide import DUE, NOT_DUE, NOTIFY, Decision
 from lifecycle.mail import Mailer
 from lifecycle.periods import MalformedValue, add_period, to_utc
 from lifecycle.policy import Rule
 from lifecycle.run import RunContext, now_utc_naive
 from lifecycle.sql import statement
 
-NOTIFY = "notify"
 DEFERRED, PENDING, SENT, UNDELIVERABLE = "deferred", "pending", "sent", "undeliverable"
 RESPONDED, ERASED = "responded", "erased"
 NOTICE_GIVEN = (PENDING, SENT, UNDELIVERABLE)
@@ -93,12 +92,13 @@ def latest_notices(connection, run: RunContext, rule: Rule, keys: list[int]) -> 
     return {row["record_key"]: Notice.of(row) for row in rows}
 
 
-def mark_erased(connection, run: RunContext, rule: Rule, key: int) -> None:
-    """Close the cycle of a smicer erased for not responding, in the erasure's own transaction."""
+def close_erased_cycles(connection, run: RunContext, rule: Rule, smicers) -> None:
+    """Close the cycles of the smicers (a subquery of keys) erased for not responding, in the erasure's
+    own transaction."""
     ledger = run.tables.reactivation_notices
     connection.execute(
         update(ledger)
-        .where(ledger.c.rule == rule.id, ledger.c.record_key == key, ledger.c.state.in_((SENT, UNDELIVERABLE)))
+        .where(ledger.c.rule == rule.id, ledger.c.record_key.in_(smicers), ledger.c.state.in_((SENT, UNDELIVERABLE)))
         .values(state=ERASED, closed_at=now_utc_naive(), closed_run_id=run.run_id)
     )
 

@@ -221,6 +221,9 @@ def _connect_args(url: str) -> dict:
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    from lifecycle import sqlite_functions
+
+    sqlite_functions.register(dbapi_connection)
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")

@@ -16,7 +16,7 @@ SELECT lh.email_normalized FROM {{ h.legal_holds }} lh
  WHERE lh.email_normalized IS NOT NULL AND lh.lifted_at IS NULL AND (lh.until IS NULL OR lh.until > :today)
 {%- endmacro %}
 
-{# 1 when the record, or the smicer owning it, is held. #}
+{# 1 when the record, the smicer owning it, or (for a bundle) a row of the bundle is held. #}
 {% macro held(h, key) -%}
 {% if not h.enabled %}0{% else %}
 CASE WHEN
@@ -28,6 +28,11 @@ CASE WHEN
            WHERE o.{{ h.owner.key | q }} = t.{{ h.owner.link | q }}
              AND LOWER(TRIM(o.{{ h.owner.email | q }})) IN ({{ held_emails(h) }})) OR
 {% endif %}
+{% for member in h.bundle_members %}
+  EXISTS (SELECT 1 FROM {{ h.legal_holds }} lh JOIN {{ member.table | q }} hm ON hm.{{ member.key | q }} = lh.record_key
+           WHERE lh.table_name = '{{ member.table }}' AND hm.{{ member.link | q }} = t.{{ key | q }}
+             AND lh.lifted_at IS NULL AND (lh.until IS NULL OR lh.until > :today)) OR
+{% endfor %}
   EXISTS (SELECT 1 FROM {{ h.legal_holds }} lh
            WHERE lh.table_name = :hold_table AND lh.record_key = t.{{ key | q }}
              AND lh.lifted_at IS NULL AND (lh.until IS NULL OR lh.until > :today))
@@ -35,22 +40,24 @@ THEN 1 ELSE 0 END
 {% endif %}
 {%- endmacro %}
 
-{# A superset of the due records (the exact calendar decision is taken in Python) and of the
-   records that may be invalid: a read timestamp later than as-of, a broken chronology, no anchor. #}
+{# An index-friendly superset of the records whose verdict is not 'not_due' (decide.sql): due by a
+   window (anchors up to its last due instant), or undecidable (a read timestamp after as-of, a broken chronology, no anchor). #}
 {% macro worth_a_look(r) -%}
 {% for w in r.windows %}
-{% set i = loop.index0 %}
 {% if not loop.first %} OR {% endif %}
 {% if w.columns | length == 1 %}
-{{ col(w.columns[0]) }} <= :cutoff_{{ i }}
+{{ col(w.columns[0]) }} <= :{{ w.name }}_last
 {% elif w.pick == 'first' %}
-COALESCE({% for ref in w.columns %}{{ col(ref) }}{% if not loop.last %}, {% endif %}{% endfor %}) <= :cutoff_{{ i }}
+COALESCE({% for ref in w.columns %}{{ col(ref) }}{% if not loop.last %}, {% endif %}{% endfor %}) <= :{{ w.name }}_last
 {% else %}
-({% for ref in w.columns %}({{ col(ref) }} IS NULL OR {{ col(ref) }} <= :cutoff_{{ i }}){% if not loop.last %} AND {% endif %}{% endfor %})
+({% for ref in w.columns %}({{ col(ref) }} IS NULL OR {{ col(ref) }} <= :{{ w.name }}_last){% if not loop.last %} AND {% endif %}{% endfor %})
 {% endif %}
 {% endfor %}
-{% for ref in r.suspects %}
- OR {{ col(ref) }} > :suspect_after
+{% for ref in r.events %}
+ OR {{ col(ref) }} > :as_of
+{% endfor %}
+{% for b in r.bundle_events %}
+ OR {{ member_latest(b, r.key) }} > :as_of
 {% endfor %}
 {% for earlier, later in r.chronology %}
  OR t.{{ later | q }} < t.{{ earlier | q }}
@@ -58,4 +65,57 @@ COALESCE({% for ref in w.columns %}{{ col(ref) }}{% if not loop.last %}, {% endi
 {% if r.anchorless_is_invalid %}
  OR ({% for ref in r.anchor_columns %}{{ col(ref) }} IS NULL{% if not loop.last %} AND {% endif %}{% endfor %})
 {% endif %}
+{% if r.archive and r.archive.source %}
+ OR {{ col(r.archive.source) }} IS NULL
+{% endif %}
+{%- endmacro %}
+
+{# 1 when an anchor is due: within the closed intervals `name` (lifecycle.periods.due_anchors),
+   the first unbounded below. #}
+{% macro due_within(expr, name, count) -%}
+CASE WHEN {{ expr }} <= :{{ name }}_0_to{% for j in range(1, count) %} OR ({{ expr }} >= :{{ name }}_{{ j }}_from AND {{ expr }} <= :{{ name }}_{{ j }}_to){% endfor %} THEN 1 ELSE 0 END
+{%- endmacro %}
+
+{# An instant a rule reads: SQLite keeps text, read as canonical UTC text (lifecycle.sqlite_functions). #}
+{% macro ts(expr) %}{% if dialect == 'sqlite' %}lifecycle_utc({{ expr }}){% else %}{{ expr }}{% endif %}{% endmacro %}
+
+{# Calendar addition with month-end clipping, months before days, as relativedelta adds. #}
+{% macro plus(expr, p) -%}
+{% if p.months == 0 and p.days == 0 %}{{ expr }}
+{% elif dialect == 'sqlite' %}lifecycle_plus_period({{ expr }}, '{{ p.text }}')
+{% elif dialect == 'postgresql' %}({{ expr }} + INTERVAL '{{ p.months | int }} months {{ p.days | int }} days')
+{% else %}DATE_ADD(DATE_ADD({{ expr }}, INTERVAL {{ p.months | int }} MONTH), INTERVAL {{ p.days | int }} DAY)
+{% endif %}
+{%- endmacro %}
+
+{# Whole seconds since 1970-01-01 00:00 UTC, truncated as Python's int(timestamp()). #}
+{% macro epoch(expr) -%}
+{% if dialect == 'sqlite' %}lifecycle_epoch({{ expr }})
+{% elif dialect == 'postgresql' %}CAST(TRUNC(EXTRACT(EPOCH FROM {{ expr }})) AS BIGINT)
+{% else %}TIMESTAMPDIFF(SECOND, '1970-01-01 00:00:00', {{ expr }})
+{% endif %}
+{%- endmacro %}
+
+{# The UTC date of an instant. #}
+{% macro day(expr) %}{% if dialect == 'sqlite' %}substr({{ expr }}, 1, 10){% else %}CAST({{ expr }} AS DATE){% endif %}{% endmacro %}
+
+{# A window's anchor: the first present column, or the latest of them (each COALESCE rotation
+   is non-null as soon as one column is, so their GREATEST is the latest present value). #}
+{% macro window_anchor(w) -%}
+{% if w.columns | length == 1 %}{{ ts(col(w.columns[0])) }}
+{% elif w.pick == 'first' %}COALESCE({% for ref in w.columns %}{{ ts(col(ref)) }}{% if not loop.last %}, {% endif %}{% endfor %})
+{% else %}{{ 'MAX' if dialect == 'sqlite' else 'GREATEST' }}({% for rotation in w.rotations %}COALESCE({% for ref in rotation %}{{ ts(col(ref)) }}{% if not loop.last %}, {% endif %}{% endfor %}){% if not loop.last %}, {% endif %}{% endfor %})
+{% endif %}
+{%- endmacro %}
+
+{# The selection's pending due candidates in a key range: the records one erase transaction acts on. #}
+{% macro staged_range(candidates) -%}
+SELECT sc.record_key FROM {{ candidates }} sc
+ WHERE sc.selection_id = :selection_id AND sc.decision = 'due' AND sc.state = 'pending'
+   AND sc.record_key >= :key_from AND sc.record_key < :key_to
+{%- endmacro %}
+
+{# The latest value of one event timestamp over a smicer's rows in a bundle member table. #}
+{% macro member_latest(b, key) -%}
+(SELECT MAX(bm.{{ b.column | q }}) FROM {{ b.table | q }} bm WHERE bm.{{ b.link | q }} = t.{{ key | q }})
 {%- endmacro %}
