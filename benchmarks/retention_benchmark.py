@@ -1,123 +1,318 @@
-"""Speed and memory of a retention rule against the database's own limit, measured in one run.
+"""Speed and memory of the retention rules against the database's own limit, measured in one run.
 
-    scripts/benchmark [--rows 300000] [--due-share 0.3] [--url postgresql+psycopg2://postgres@127.0.0.1:5432/postgres]
+    scripts/benchmark [--rows 300000 [1000000 ...]] [--due-share 0.3]
+                      [--url postgresql+psycopg2://postgres@127.0.0.1:5432/postgres]
+                      [--mariadb-url mysql+pymysql://root@127.0.0.1:3306/ | --no-mariadb]
 
-For each approach a fresh PostgreSQL database is filled with `rows` connection logs (and test
-applications) of which `due-share` are due, then one process does the work and reports its time
-and peak memory:
+For each size given to `--rows` and each approach, a fresh database is filled with that many connection
+logs and rejected test applications (and rows // 20 smicers), of which `due-share` are due, then one
+process does the approach's work and reports its time and peak memory. On PostgreSQL:
 
 - baseline: one `DELETE ... WHERE connected_at <= cutoff` statement (the database's own limit);
 - naive: `pandas.read_sql` of every due row, then a delete per row (what we must not do);
-- pipeline: the `connection-logs` rule (select, gate, erase in batches, verify);
-- pipeline-archive: the `applications-rejected` rule (select, gate, archive to Parquet, verify, erase);
-- dry-run: the `connection-logs` rule as a dry run (each step decides again and counts; nothing is written).
+- pipeline: the erase-only `connection-logs` rule (select, gate, erase in batches, verify); meanwhile
+  another process, standing for the application, updates single connection logs (one in four due, which
+  the rule may be erasing) one at a time in autocommit, and records how long each update took;
+- dry-run: the `connection-logs` rule as a dry run (each step decides again and counts; nothing is written);
+- copy-delete: `COPY (SELECT the due rejected applications) TO STDOUT` into a scratch file, then one
+  `DELETE` of the same rows (the database's own limit for keeping a copy, then erasing);
+- pipeline-archive: the `applications-rejected` rule (select, gate, archive to Parquet, verify, erase).
 
-Figures are printed as rows per second and as ratios to the baseline measured in the same run.
+On MariaDB (unless --no-mariadb), in databases of the same shape: mariadb-baseline, its own one
+`DELETE`, and mariadb-pipeline, the `connection-logs` rule.
+
+Every pipeline approach (pipeline, dry-run, pipeline-archive, mariadb-pipeline) also runs on an empty
+database (the schema, no rows): that time is what any run pays whatever its volume (imports, Great
+Expectations' context, connections), and its work is the rest.
+
+The table printed for each size:
+
+- approach; rows: the rows it erased (a dry run: would erase);
+- seconds: its time on the filled database;
+- fixed start-up s: a pipeline approach's time on the empty database;
+- rows/s: rows / (seconds - fixed start-up s);
+- x baseline: rows/s against its baseline's in the same run: copy-delete for pipeline-archive,
+  mariadb-baseline for mariadb-pipeline, baseline for the others;
+- peak MB: the peak resident memory of the approach's process (on the filled database).
+
+Below each table: how long the updates beside the erase-only pipeline waited (count, maximum, the
+maximum on rows not due, 99th percentile, how many over 1 s). At the end, each requirement, over
+every size: met, NOT met, or not measured. The script exits 0 whatever the figures: it measures, it
+does not judge.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import multiprocessing
+import random
 import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 AS_OF = datetime(2026, 11, 25, tzinfo=UTC)
-APPROACHES = ("baseline", "naive", "pipeline", "pipeline-archive", "dry-run")
+LOGS_CUTOFF = datetime(2025, 11, 25, tzinfo=UTC)  # connection-logs: one year
+APPLICATIONS_CUTOFF = datetime(2026, 8, 25, tzinfo=UTC)  # applications-rejected: three months
 
-FILL = [
-    "INSERT INTO smicers (id, email, first_name, locale, created_at, last_login_at) "
-    "SELECT g, 'bench' || g || '@example.org', 'Bench', 'fr', TIMESTAMPTZ '2020-01-01', TIMESTAMPTZ '2026-11-01' "
-    "FROM generate_series(1, :smicers) g",
-    # Due rows are older than one year; the rest are recent.
-    "INSERT INTO connection_logs (id, smicer_id, connected_at, ip_address, user_agent, succeeded) "
-    "SELECT g, 1 + g % :smicers, CASE WHEN g <= :due THEN TIMESTAMPTZ '2025-01-01' + (g % 1000) * INTERVAL '1 minute' "
-    "ELSE TIMESTAMPTZ '2026-06-01' + (g % 1000) * INTERVAL '1 minute' END, '192.0.2.1', 'bench agent', true "
-    "FROM generate_series(1, :rows) g",
-    "INSERT INTO test_applications (id, smicer_id, test_date, test_ended_at, answers, score, decision, decided_at) "
-    "SELECT g, 1 + g % :smicers, DATE '2025-01-10', "
-    "CASE WHEN g <= :due THEN TIMESTAMPTZ '2025-01-10' ELSE TIMESTAMPTZ '2026-11-20' END, "
-    "'answers of the test', 10, 'rejected', TIMESTAMPTZ '2026-11-21' FROM generate_series(1, :rows) g",
-]
+# The updates beside the erase-only pipeline: none waits longer than the lock timeout, none runs after
+# PROBE_SECONDS, and each is followed by a short pause, as an application's writes would be.
+PROBE_SECONDS = 600
+PROBE_PAUSE_SECONDS = 0.01
+PROBE_TIMEOUTS = {"lock_timeout": "5s", "statement_timeout": "10s"}
+
+RATIO_FLOORS = (
+    ("erase-only pipeline >= 0.25 x one DELETE (PostgreSQL)", "pipeline", 0.25),
+    ("erase-only pipeline >= 0.25 x one DELETE (MariaDB)", "mariadb-pipeline", 0.25),
+    ("archiving pipeline >= 0.20 x COPY ... TO + DELETE", "pipeline-archive", 0.20),
+    ("dry run >= 0.50 x one DELETE", "dry-run", 0.50),
+)
+PEAK_MB = 300
+PEAK_DRIFT = 0.15
+LONGEST_WAIT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Server:
+    """How a fresh benchmark database is made on one kind of server; `{name}`: the database."""
+
+    create: str
+    drop: str
+    fill: tuple[str, ...]
+    analyze: str
+
+
+POSTGRESQL = Server(
+    create='CREATE DATABASE "{name}"',
+    drop='DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+    fill=(
+        "INSERT INTO smicers (id, email, first_name, locale, created_at, last_login_at) "
+        "SELECT g, 'bench' || g || '@example.org', 'Bench', 'fr', TIMESTAMPTZ '2020-01-01', "
+        "TIMESTAMPTZ '2026-11-01' FROM generate_series(1, :smicers) g",
+        # Due rows are older than one year; the rest are recent.
+        "INSERT INTO connection_logs (id, smicer_id, connected_at, ip_address, user_agent, succeeded) "
+        "SELECT g, 1 + g % :smicers, CASE WHEN g <= :due "
+        "THEN TIMESTAMPTZ '2025-01-01' + (g % 1000) * INTERVAL '1 minute' "
+        "ELSE TIMESTAMPTZ '2026-06-01' + (g % 1000) * INTERVAL '1 minute' END, '192.0.2.1', 'bench agent', true "
+        "FROM generate_series(1, :rows) g",
+        "INSERT INTO test_applications (id, smicer_id, test_date, test_ended_at, answers, score, decision, "
+        "decided_at) SELECT g, 1 + g % :smicers, DATE '2025-01-10', "
+        "CASE WHEN g <= :due THEN TIMESTAMPTZ '2025-01-10' ELSE TIMESTAMPTZ '2026-11-20' END, "
+        "'answers of the test', 10, 'rejected', TIMESTAMPTZ '2026-11-21' FROM generate_series(1, :rows) g",
+    ),
+    analyze="ANALYZE",
+)
+
+# The same rows on MariaDB. Its sequence tables are named by their length: that integer is the one
+# value formatted into the SQL.
+MARIADB = Server(
+    create="CREATE DATABASE `{name}`",
+    drop="DROP DATABASE IF EXISTS `{name}`",
+    fill=(
+        "INSERT INTO smicers (id, email, first_name, locale, created_at, last_login_at) "
+        "SELECT seq, CONCAT('bench', seq, '@example.org'), 'Bench', 'fr', TIMESTAMP '2020-01-01 00:00:00', "
+        "TIMESTAMP '2026-11-01 00:00:00' FROM seq_1_to_{smicers}",
+        "INSERT INTO connection_logs (id, smicer_id, connected_at, ip_address, user_agent, succeeded) "
+        "SELECT seq, 1 + seq % :smicers, CASE WHEN seq <= :due "
+        "THEN TIMESTAMP '2025-01-01 00:00:00' + INTERVAL (seq % 1000) MINUTE "
+        "ELSE TIMESTAMP '2026-06-01 00:00:00' + INTERVAL (seq % 1000) MINUTE END, '192.0.2.1', 'bench agent', "
+        "true FROM seq_1_to_{rows}",
+        "INSERT INTO test_applications (id, smicer_id, test_date, test_ended_at, answers, score, decision, "
+        "decided_at) SELECT seq, 1 + seq % :smicers, DATE '2025-01-10', "
+        "CASE WHEN seq <= :due THEN TIMESTAMP '2025-01-10 00:00:00' ELSE TIMESTAMP '2026-11-20 00:00:00' END, "
+        "'answers of the test', 10, 'rejected', TIMESTAMP '2026-11-21 00:00:00' FROM seq_1_to_{rows}",
+    ),
+    analyze="ANALYZE TABLE smicers, connection_logs, test_applications",
+)
+
+SERVERS = {"postgresql": POSTGRESQL, "mysql": MARIADB, "mariadb": MARIADB}
+
+
+@dataclass(frozen=True)
+class Approach:
+    name: str
+    server: str  # "postgresql" or "mariadb": which --url it runs on
+    work: Callable[[str], int]  # does the work in the database at this URL; returns the rows acted on
+    against: str  # the approach whose rows/s is this one's 1.0
+    pipeline: bool = False  # also timed on an empty database: its fixed start-up
+    probe: bool = False  # single-row updates run beside it, their waits measured
 
 
 def main() -> int:
     args = _arguments()
-    admin = create_engine(args.url, isolation_level="AUTOCOMMIT")
-    due = int(args.rows * args.due_share)
+    admins = {"postgresql": create_engine(args.url, isolation_level="AUTOCOMMIT")}
+    if not args.no_mariadb:
+        admins["mariadb"] = create_engine(args.mariadb_url, isolation_level="AUTOCOMMIT")
+    approaches = [approach for approach in APPROACHES if approach.server in admins]
     results = {}
-    for approach in APPROACHES:
-        url = _fresh_database(admin, f"lifecycle_bench_{approach.replace('-', '_')}", args.rows, due)
-        try:
-            results[approach] = _measure(approach, url)
-        finally:
-            _drop_database(admin, url)
-    _print(results, args.rows, due)
+    for rows in args.rows:
+        due = int(rows * args.due_share)
+        results[rows] = {a.name: _measure_both(admins[a.server], a, rows, due) for a in approaches}
+        _print_size(results[rows], rows, due)
+    _print_requirements(results)
     return 0
 
 
 def _arguments():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=300_000)
+    parser.add_argument("--rows", type=int, nargs="+", default=[300_000])
     parser.add_argument("--due-share", type=float, default=0.3)
     parser.add_argument("--url", default="postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-    return parser.parse_args()
+    parser.add_argument("--mariadb-url", default="mysql+pymysql://root@127.0.0.1:3306/")
+    parser.add_argument("--no-mariadb", action="store_true")
+    args = parser.parse_args()
+    if not all(0 < int(rows * args.due_share) < rows for rows in args.rows):
+        parser.error("every size needs rows due and rows not due: check --rows and --due-share")
+    return args
+
+
+def _measure_both(admin, approach: Approach, rows: int, due: int) -> dict:
+    """The approach on the filled database, and a pipeline's time on an empty one as its start-up."""
+    figures = _measure_fresh(admin, approach, rows, due, filled=True)
+    if approach.pipeline:
+        figures["startup"] = _measure_fresh(admin, approach, rows, due, filled=False)["seconds"]
+    return figures
+
+
+def _measure_fresh(admin, approach: Approach, rows: int, due: int, *, filled: bool) -> dict:
+    name = f"lifecycle_bench_{approach.name.replace('-', '_')}{'' if filled else '_empty'}"
+    url = _fresh_database(admin, name, rows if filled else 0, due)
+    try:
+        return _measure(approach, url, rows, due)
+    finally:
+        _drop_database(admin, url)
 
 
 def _fresh_database(admin, name: str, rows: int, due: int) -> str:
     from lifecycle.appschema import create_app_schema
 
+    server = SERVERS[admin.dialect.name]
     with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(admin.url).set(database=name).render_as_string(hide_password=False)
+        connection.execute(text(server.drop.format(name=name)))
+        connection.execute(text(server.create.format(name=name)))
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
     engine = create_engine(url)
     create_app_schema(engine)
-    with engine.begin() as connection:
-        for statement in FILL:
-            connection.execute(text(statement), {"rows": rows, "due": due, "smicers": max(rows // 20, 1)})
-        connection.execute(text("ANALYZE"))
+    if rows:
+        _fill(engine, server, rows, due)
     engine.dispose()
     return url
 
 
+def _fill(engine, server: Server, rows: int, due: int) -> None:
+    sizes = {"rows": rows, "due": due, "smicers": max(rows // 20, 1)}
+    with engine.begin() as connection:
+        for statement in server.fill:
+            connection.execute(text(statement.format(**sizes)), sizes)
+        connection.execute(text(server.analyze))
+
+
 def _drop_database(admin, url: str) -> None:
+    server = SERVERS[admin.dialect.name]
     with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+        connection.execute(text(server.drop.format(name=make_url(url).database)))
 
 
-def _measure(approach: str, url: str) -> dict:
-    """Run one approach in a fresh process so that its peak memory is its own."""
+def _measure(approach: Approach, url: str, rows: int, due: int) -> dict:
+    """Run one approach in a fresh process so that its peak memory and its imports are its own."""
     completed = subprocess.run(
-        [sys.executable, __file__, "--worker", approach, url], capture_output=True, text=True, check=True
+        [sys.executable, __file__, "--worker", approach.name, url, str(rows), str(due)], capture_output=True, text=True
     )
+    if completed.returncode:
+        raise RuntimeError(f"{approach.name} failed on {make_url(url).database}:\n{completed.stderr[-4000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def _worker(approach: str, url: str) -> None:
-    if approach.startswith("pipeline"):
-        import great_expectations  # noqa: F401  (a one-time cost of every task process, not of the rule)
+def _worker(name: str, url: str, rows: int, due: int) -> None:
+    approach = next(a for a in APPROACHES if a.name == name)
+    probe = _Probe(url, rows, due) if approach.probe else None
     started = time.perf_counter()
-    affected = WORKERS[approach](url)
+    affected = approach.work(url)
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "rows": affected, "peak_mb": peak_mb}))
+    figures = {"seconds": seconds, "rows": affected, "peak_mb": peak_mb}
+    if probe:
+        figures["waits"] = probe.finish()
+    print(json.dumps(figures))
 
 
-def _baseline(url: str) -> int:
+class _Probe:
+    """The application at work beside a run: a process of its own updating single connection logs."""
+
+    def __init__(self, url: str, rows: int, due: int):
+        context = multiprocessing.get_context("fork")
+        self._stop = context.Event()
+        self._summary, sender = context.Pipe(duplex=False)
+        # A daemon: should the run fail, the process ends with it instead of updating on for PROBE_SECONDS.
+        self._process = context.Process(target=_update_logs, args=(url, rows, due, self._stop, sender), daemon=True)
+        self._process.start()
+        sender.close()  # the child's end: if the child dies, finish() gets EOFError instead of waiting
+
+    def finish(self) -> dict:
+        self._stop.set()
+        summary = self._summary.recv()
+        self._process.join()
+        return summary
+
+
+def _update_logs(url: str, rows: int, due: int, stop, sender) -> None:
+    """Update one connection log at a time in autocommit until told to stop (PROBE_SECONDS at most);
+    one in four is due, which the pipeline may hold locked or have erased (the update then finds none)."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    choose = random.Random(rows)
+    waits = []  # (seconds, whether the row was due)
+    deadline = time.monotonic() + PROBE_SECONDS
+    with engine.connect() as connection:
+        for setting, value in PROBE_TIMEOUTS.items():
+            connection.execute(text("SELECT set_config(:setting, :value, false)"), {"setting": setting, "value": value})
+        while True:
+            due_row = len(waits) % 4 == 3
+            key = choose.randint(1, due) if due_row else choose.randint(due + 1, rows)
+            waits.append((_timed_update(connection, key), due_row))
+            if stop.wait(PROBE_PAUSE_SECONDS) or time.monotonic() > deadline:
+                break
+    engine.dispose()
+    sender.send(_wait_summary(waits))
+
+
+def _timed_update(connection, key: int) -> float:
+    started = time.perf_counter()
+    try:
+        connection.execute(
+            text("UPDATE connection_logs SET user_agent = :agent WHERE id = :id"), {"agent": "updated", "id": key}
+        )
+    except OperationalError:  # a lock or statement timeout: the wait is what it lasted
+        pass
+    return time.perf_counter() - started
+
+
+def _wait_summary(waits: list[tuple[float, bool]]) -> dict:
+    ordered = sorted(seconds for seconds, _ in waits)
+    return {
+        "updates": len(ordered),
+        "max": ordered[-1],
+        "max_not_due": max(seconds for seconds, due_row in waits if not due_row),
+        "p99": ordered[math.ceil(0.99 * len(ordered)) - 1],
+        "over_limit": sum(seconds > LONGEST_WAIT_SECONDS for seconds in ordered),
+    }
+
+
+def _delete_logs(url: str) -> int:
     engine = create_engine(url)
     with engine.begin() as connection:
         return connection.execute(
-            text("DELETE FROM connection_logs WHERE connected_at <= :cutoff"),
-            {"cutoff": datetime(2025, 11, 25, tzinfo=UTC)},
+            text("DELETE FROM connection_logs WHERE connected_at <= :cutoff"), {"cutoff": LOGS_CUTOFF}
         ).rowcount
 
 
@@ -126,16 +321,26 @@ def _naive(url: str) -> int:
 
     engine = create_engine(url)
     frame = pd.read_sql(
-        text("SELECT * FROM connection_logs WHERE connected_at <= :cutoff"),
-        engine,
-        params={"cutoff": datetime(2025, 11, 25, tzinfo=UTC)},
+        text("SELECT * FROM connection_logs WHERE connected_at <= :cutoff"), engine, params={"cutoff": LOGS_CUTOFF}
     )
     with engine.begin() as connection:
         connection.execute(text("DELETE FROM connection_logs WHERE id = :id"), [{"id": int(i)} for i in frame["id"]])
     return len(frame)
 
 
-def _pipeline(rule_id: str, *, dry_run: bool = False):
+def _copy_delete(url: str) -> int:
+    """COPY the due rejected applications out to a scratch file, then DELETE them, in one transaction."""
+    rows = "FROM test_applications WHERE decision = %(decision)s AND test_ended_at <= %(cutoff)s"
+    parameters = {"decision": "rejected", "cutoff": APPLICATIONS_CUTOFF}
+    engine = create_engine(url)
+    with TemporaryDirectory() as scratch, open(Path(scratch) / "copy", "wb") as sink, engine.begin() as connection:
+        cursor = connection.connection.cursor()
+        cursor.copy_expert(cursor.mogrify(f"COPY (SELECT * {rows}) TO STDOUT", parameters), sink)
+        cursor.execute(f"DELETE {rows}", parameters)
+        return cursor.rowcount
+
+
+def _pipeline(rule_id: str, *, dry_run: bool = False) -> Callable[[str], int]:
     def run(url: str) -> int:
         from lifecycle.pipeline import run_rule
         from lifecycle.policy import load_policy
@@ -145,6 +350,9 @@ def _pipeline(rule_id: str, *, dry_run: bool = False):
         engine = make_engine(url)
         ensure_lifecycle_tables(engine)
         policy = load_policy()
+        rule = policy.rule(rule_id)
+        if rule.archives:
+            import pyarrow.parquet  # noqa: F401  (loaded by every run that archives; on an empty table too)
         with TemporaryDirectory() as scratch:
             run = RunContext(
                 engine=engine,
@@ -157,35 +365,110 @@ def _pipeline(rule_id: str, *, dry_run: bool = False):
                 volume_approved=True,
                 dry_run=dry_run,
             )
-            results = run_rule(run, policy.rule(rule_id))
-        return next(r["erased"] for r in results if "erased" in r)
+            results = run_rule(run, rule)
+        return next((r["erased"] for r in results if "erased" in r), 0)
 
     return run
 
 
-WORKERS = {
-    "baseline": _baseline,
-    "naive": _naive,
-    "pipeline": _pipeline("connection-logs"),
-    "pipeline-archive": _pipeline("applications-rejected"),
-    "dry-run": _pipeline("connection-logs", dry_run=True),
-}
+APPROACHES = (
+    Approach("baseline", "postgresql", _delete_logs, "baseline"),
+    Approach("naive", "postgresql", _naive, "baseline"),
+    Approach("pipeline", "postgresql", _pipeline("connection-logs"), "baseline", pipeline=True, probe=True),
+    Approach("dry-run", "postgresql", _pipeline("connection-logs", dry_run=True), "baseline", pipeline=True),
+    Approach("copy-delete", "postgresql", _copy_delete, "copy-delete"),
+    Approach("pipeline-archive", "postgresql", _pipeline("applications-rejected"), "copy-delete", pipeline=True),
+    Approach("mariadb-baseline", "mariadb", _delete_logs, "mariadb-baseline"),
+    Approach("mariadb-pipeline", "mariadb", _pipeline("connection-logs"), "mariadb-baseline", pipeline=True),
+)
 
 
-def _print(results: dict, rows: int, due: int) -> None:
-    base = results["baseline"]["rows"] / results["baseline"]["seconds"]
-    print(f"{rows} rows a table, {due} due; PostgreSQL; ratios against the one-statement DELETE of this run")
-    print(f"{'approach':<18}{'rows':>9}{'seconds':>10}{'rows/s':>10}{'x baseline':>12}{'peak MB':>9}")
-    for approach, figures in results.items():
-        speed = figures["rows"] / figures["seconds"]
-        print(
-            f"{approach:<18}{figures['rows']:>9}{figures['seconds']:>10.1f}{speed:>10.0f}"
-            f"{speed / base:>12.3f}{figures['peak_mb']:>9.0f}"
-        )
+def _rate(figures: dict) -> float | None:
+    """Rows per second of work: a pipeline's time less its start-up; None when that is not positive."""
+    work = figures["seconds"] - figures.get("startup", 0.0)
+    return figures["rows"] / work if work > 0 else None
+
+
+def _ratio(size_results: dict, approach: Approach) -> float | None:
+    rate, base = _rate(size_results[approach.name]), _rate(size_results[approach.against])
+    return rate / base if rate is not None and base else None
+
+
+def _cell(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_size(size_results: dict, rows: int, due: int) -> None:
+    print(f"\n{rows} rows a table, {due} due; each ratio against its baseline of this run")
+    print(
+        f"{'approach':<18}{'rows':>9}{'seconds':>10}{'fixed start-up s':>18}"
+        f"{'rows/s':>10}{'x baseline':>12}{'peak MB':>9}"
+    )
+    for approach in APPROACHES:
+        figures = size_results.get(approach.name)
+        if figures:
+            print(
+                f"{approach.name:<18}{figures['rows']:>9}{figures['seconds']:>10.2f}"
+                f"{_cell(figures.get('startup'), '.2f'):>18}{_cell(_rate(figures), '.0f'):>10}"
+                f"{_cell(_ratio(size_results, approach), '.3f'):>12}{figures['peak_mb']:>9.0f}"
+            )
+    waits = size_results["pipeline"]["waits"]
+    print(
+        f"updates beside the erase-only pipeline: {waits['updates']}, longest wait {waits['max']:.3f} s "
+        f"(on a row not due: {waits['max_not_due']:.3f} s), 99th percentile {waits['p99']:.3f} s, "
+        f"{waits['over_limit']} over {LONGEST_WAIT_SECONDS:g} s"
+    )
+
+
+def _print_requirements(results: dict) -> None:
+    print("\nRequirements, over every size:")
+    for label, (met, detail) in _requirements(results):
+        verdict = "not measured" if met is None else "met" if met else "NOT met"
+        print(f"  {label}: {verdict} ({detail})")
+
+
+def _requirements(results: dict):
+    measured = next(iter(results.values()))
+    pipelines = [a for a in APPROACHES if a.pipeline and a.name in measured]
+    for label, name, floor in RATIO_FLOORS:
+        if name in measured:
+            yield label, _lowest_ratio(results, next(a for a in APPROACHES if a.name == name), floor)
+    yield f"peak memory < {PEAK_MB} MB, every pipeline approach", _highest_peak(results, pipelines)
+    yield f"peak memory at the largest size within {PEAK_DRIFT:.0%} of the smallest", _peak_drift(results, pipelines)
+    yield f"no update waited > {LONGEST_WAIT_SECONDS:g} s beside the erase-only pipeline", _longest_wait(results)
+
+
+def _lowest_ratio(results: dict, approach: Approach, floor: float) -> tuple[bool | None, str]:
+    ratios = {rows: _ratio(size_results, approach) for rows, size_results in results.items()}
+    if None in ratios.values():
+        return None, "its work was within the noise of its start-up at some size"
+    rows, lowest = min(ratios.items(), key=lambda item: item[1])
+    return lowest >= floor, f"lowest {lowest:.3f}, at {rows} rows"
+
+
+def _highest_peak(results: dict, pipelines: list[Approach]) -> tuple[bool, str]:
+    peak, name, rows = max((r[a.name]["peak_mb"], a.name, rows) for rows, r in results.items() for a in pipelines)
+    return peak < PEAK_MB, f"highest {peak:.0f} MB, {name} at {rows} rows"
+
+
+def _peak_drift(results: dict, pipelines: list[Approach]) -> tuple[bool | None, str]:
+    if len(results) < 2:
+        return None, "one size only"
+    smallest, largest = results[min(results)], results[max(results)]
+    drifts = {a.name: largest[a.name]["peak_mb"] / smallest[a.name]["peak_mb"] - 1 for a in pipelines}
+    name = max(drifts, key=lambda n: abs(drifts[n]))
+    return abs(drifts[name]) <= PEAK_DRIFT, f"largest change {drifts[name]:+.0%}, {name}"
+
+
+def _longest_wait(results: dict) -> tuple[bool, str]:
+    waits = [size_results["pipeline"]["waits"] for size_results in results.values()]
+    longest = max(w["max"] for w in waits)
+    updates = sum(w["updates"] for w in waits)
+    return longest <= LONGEST_WAIT_SECONDS, f"longest {longest:.3f} s of {updates} updates"
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
-        _worker(sys.argv[2], sys.argv[3])
+    if len(sys.argv) == 6 and sys.argv[1] == "--worker":
+        _worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
     else:
         sys.exit(main())

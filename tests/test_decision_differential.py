@@ -39,23 +39,16 @@ RULES = [rule for rule in POLICY.rules() if rule.action != "purge_archive"]
 UNREADABLE = ["not a date", "2025-13-45 10:00:00", "31/01/2025"]
 
 
-def _palette(periods: list[relativedelta]) -> list[datetime]:
-    """Instants around the edges of the due anchors of every as-of and period, and around the calendar's traps."""
-    instants = set()
-    for as_of in AS_OFS:
-        for instant in (
-            as_of,
-            as_of - timedelta(seconds=1),
-            as_of + timedelta(microseconds=1),
-            as_of + timedelta(seconds=1),
-        ):
-            instants.add(instant)
-        for period in periods:
-            for start, end in due_anchors(as_of, period):
-                for edge in (end, start or end):
-                    midnight = edge.replace(hour=0, minute=0, second=0, microsecond=0)
-                    for delta in (timedelta(0), timedelta(microseconds=1), timedelta(seconds=1), timedelta(days=1)):
-                        instants |= {edge - delta, edge + delta, midnight + delta, midnight - delta}
+def _palette(as_of: datetime) -> list[datetime]:
+    """Instants around the edges of the anchors due as of `as_of` under every period, around the
+    as-of itself, and around the calendar's traps."""
+    instants = {as_of, as_of - timedelta(seconds=1), as_of + timedelta(microseconds=1), as_of + timedelta(seconds=1)}
+    for period in PERIODS:
+        for start, end in due_anchors(as_of, period):
+            for edge in (end, start or end):
+                midnight = edge.replace(hour=0, minute=0, second=0, microsecond=0)
+                for delta in (timedelta(0), timedelta(microseconds=1), timedelta(seconds=1), timedelta(days=1)):
+                    instants |= {edge - delta, edge + delta, midnight + delta, midnight - delta}
     for day in (date(2024, 2, 29), date(2023, 2, 28), date(2024, 1, 31), date(2025, 2, 28), date(2021, 12, 31)):
         midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
         instants |= {midnight, midnight + timedelta(days=1) - timedelta(microseconds=1), midnight + timedelta(hours=13)}
@@ -63,15 +56,15 @@ def _palette(periods: list[relativedelta]) -> list[datetime]:
 
 
 PERIODS = [w.period for rule in RULES for w in rule.windows] + [relativedelta(days=30), relativedelta(years=5)]
-PALETTE = _palette(PERIODS)
 
 
 class Generator:
     """Rows of every rule with values drawn from the palette, and the holds it placed."""
 
-    def __init__(self, engine, rng: random.Random):
+    def __init__(self, engine, rng: random.Random, palette: list[datetime]):
         self.engine = engine
         self.rng = rng
+        self.palette = palette
         self.dialect = engine.dialect.name
         self.next_key = 1000
         self.held: dict[tuple[str, int], bool] = {}
@@ -88,7 +81,7 @@ class Generator:
         info = self.columns[table_name][column_name]
         if allow_null and info["nullable"] and self.rng.random() < 0.2:
             return None
-        instant = self.rng.choice(PALETTE)
+        instant = self.rng.choice(self.palette)
         if "DATE" == str(info["type"]).upper():
             return instant.date()
         if self.dialect == "sqlite" and not readable and self.rng.random() < 0.03:
@@ -132,8 +125,8 @@ def _by_columns(rows: list[dict]) -> list[list[dict]]:
     return list(groups.values())
 
 
-def _generate(engine, rng: random.Random) -> Generator:
-    generator = Generator(engine, rng)
+def _generate(engine, rng: random.Random, as_of: datetime) -> Generator:
+    generator = Generator(engine, rng, _palette(as_of))
     owners = generator.owners()
     for rule in RULES:
         for _ in range(ROWS_PER_RULE):
@@ -238,7 +231,7 @@ def _notices(generator: Generator, rng: random.Random) -> None:
     rows = []
     for smicer in rng.sample(smicers, len(smicers) // 2):
         for cycle in range(1, rng.choice((2, 2, 3))):
-            notice_as_of = rng.choice(PALETTE)
+            notice_as_of = rng.choice(generator.palette)
             rows.append(
                 {
                     "rule": "account-inactive",
@@ -374,7 +367,7 @@ def _held_keys(engine, rule) -> set[int]:
 @pytest.mark.parametrize("as_of", AS_OFS, ids=[f"{a:%Y-%m-%dT%H%M%S}" for a in AS_OFS])
 def test_the_database_decides_every_record_as_decide_does(engine, tmp_path, as_of):
     rng = random.Random(20261204)
-    generator = _generate(engine, rng)
+    generator = _generate(engine, rng, as_of)
     _notices(generator, rng)
     run = make_run(engine, as_of, tmp_path, run_id="differential")
     compared = defaultdict(int)

@@ -76,7 +76,7 @@ def test_a_closed_smicers_bundle_is_archived_and_erased_together_missions_pseudo
     assert sorted(archived["test_applications"]) == bundle["applications"]
     manifests = list((tmp_path / "archive").rglob("manifest.json"))
     assert {json.loads(m.read_text())["retain_until"] for m in manifests} == {"2030-06-01"}
-    actions = scalar(engine, f"SELECT COUNT(*) FROM {lifecycle(engine, 'audit_events')} WHERE action = 'erased'")
+    actions = scalar(engine, f"SELECT COUNT(*) FROM {lifecycle(engine, 'audit_trail')} WHERE action = 'erased'")
     assert actions == 1 + 2 + 1 + 1
 
 
@@ -167,13 +167,13 @@ def test_the_same_date_run_twice_changes_nothing_the_second_time(engine, tmp_pat
     add(engine, "prospects", created_at=datetime(2019, 1, 1))
     rules = ["account-closed", "prospects"]
     run_rules(engine, AS_OF, tmp_path, rules, run_id="first")
-    audit_before = scalar(engine, f"SELECT COUNT(*) FROM {lifecycle(engine, 'audit_events')}")
+    audit_before = scalar(engine, f"SELECT COUNT(*) FROM {lifecycle(engine, 'audit_trail')}")
     files_before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "archive").rglob("*"))
 
     second = run_rules(engine, AS_OF, tmp_path, rules, run_id="second")
 
     assert all(second["rules"][rule]["due"] == 0 for rule in rules)
-    assert scalar(engine, f"SELECT COUNT(*) FROM {lifecycle(engine, 'audit_events')}") == audit_before
+    assert scalar(engine, f"SELECT COUNT(*) FROM {lifecycle(engine, 'audit_trail')}") == audit_before
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "archive").rglob("*")) == files_before
 
 
@@ -223,12 +223,12 @@ def test_a_run_killed_between_archive_and_erase_is_completed_by_the_next(engine,
     assert sorted((tmp_path / "archive").rglob("*.parquet")) == parts_after_crash
     erased = scalar(
         engine,
-        f"SELECT COUNT(*) FROM {lifecycle(engine, 'audit_events')} WHERE action = 'erased' AND table_name = 'smicers'",
+        f"SELECT COUNT(*) FROM {lifecycle(engine, 'audit_trail')} WHERE action = 'erased' AND table_name = 'smicers'",
     )
     assert erased == 1
     batches = scalar(
         engine,
-        f"SELECT COUNT(*) FROM {lifecycle(engine, 'audit_events')} "
+        f"SELECT COUNT(*) FROM {lifecycle(engine, 'audit_trail')} "
         "WHERE action = 'erased' AND archive_batch IS NOT NULL",
     )
     assert batches == 5, "smicer, 2 logs, 1 event, 1 application: each erased with its archive batch"
@@ -294,7 +294,7 @@ def test_archive_expiry_purges_due_batches_whole_and_keeps_held_and_later_ones(e
     remaining = {json.loads(p.read_text())["retain_until"] for p in (tmp_path / "archive").rglob("manifest.json")}
     assert remaining == {"2026-12-02", "2027-06-01"}, "due purged; held and not yet due kept"
     assert not manifests["2026-12-01"].exists()
-    purged = scalar(engine, f"SELECT COUNT(*) FROM {lifecycle(engine, 'audit_events')} WHERE action = 'purged'")
+    purged = scalar(engine, f"SELECT COUNT(*) FROM {lifecycle(engine, 'audit_trail')} WHERE action = 'purged'")
     assert purged == 2, "the smicers and the connection logs batches of 2026-12-01"
 
 

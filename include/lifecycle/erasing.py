@@ -1,14 +1,15 @@
-"""Steps 5 and 6 of a rule: erase the due records set-based, a key range of candidates per short
-transaction, each statement re-checking in the database that its records are still due, not held,
-and copied to a verified archive batch where the rule archives; then check that nothing recorded as
-erased remains."""
+"""Steps 5 and 6 of a rule: erase the due records set-based, one short transaction per key range of
+candidates, whose statements re-check in the database that each record is still due, not held, and
+copied to a verified archive batch where the rule archives; then check that nothing recorded as
+erased remains. The ranges are planned once per selection (erasures) and each is marked done in its
+own transaction: with the candidates it left in place, that is the erase step's audit trail."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 
 from lifecycle.decide import DecisionStatement
 from lifecycle.policy import Rule
@@ -30,8 +31,8 @@ def erase_due(run: RunContext, rule: Rule) -> dict:
     """Erase what is still due; a record whose archive copy is not verified is never erased."""
     eraser = _RangeEraser(run, rule, selection_id_of(run, rule))
     erased: dict[str, int] = {}
-    for key_from, key_to in eraser.key_ranges():
-        for name, count in eraser.erase_range(key_from, key_to).items():
+    for erasure in eraser.ranges_to_do():
+        for name, count in eraser.erase_range(*erasure).items():
             erased[name] = erased.get(name, 0) + count
     left = eraser.left_in_place()
     refused = sum(count for reason, count in left.items() if reason in REFUSALS)
@@ -53,54 +54,57 @@ class _RangeEraser:
         self.decision = DecisionStatement(run, rule)
         tables = run.tables
         self.names = {
-            "candidates": tables.qualified(tables.candidates),
-            "archived_records": tables.qualified(tables.archived_records),
-            "archive_batches": tables.qualified(tables.archive_batches),
-            "audit": tables.qualified(tables.audit_events),
-        }
+            name: tables.qualified(getattr(tables, name))
+            for name in ("candidates", "archived_records", "archive_batches")
+        } | {"audit": tables.qualified(tables.audit_events)}
 
-    def key_ranges(self) -> list[tuple[int, int]]:
-        """Ranges [from, to) of `batch_size` pending due candidates each, in key order."""
-        c = self.run.tables.candidates
-        with self.run.engine.connect() as connection:
-            query = statement(self.run.engine, "erase_ranges.sql", candidates=self.names["candidates"])
-            starts = list(
-                connection.execute(query, {"selection_id": self.selection_id, "size": self.rule.batch_size}).scalars()
-            )
-            last = connection.execute(
-                select(func.max(c.c.record_key)).where(
-                    c.c.selection_id == self.selection_id, c.c.decision == "due", c.c.state == "pending"
-                )
-            ).scalar()
-        return list(zip(starts, [*starts[1:], last + 1], strict=True)) if starts else []
-
-    def erase_range(self, key_from: int, key_to: int) -> dict[str, int]:
-        """One transaction: lock, re-check, erase stored files, audit, erase (the bundle with its smicer)."""
-        bounds = {"selection_id": self.selection_id, "key_from": key_from, "key_to": key_to}
+    def ranges_to_do(self) -> list[tuple[int, int, int]]:
+        """(erasure, key_from, key_to) of the selection's ranges not done yet, planned on the first try:
+        `batch_size` due candidates each, in key order."""
+        erasures = self.run.tables.erasures
+        of_selection = erasures.c.selection_id == self.selection_id
         with self.run.engine.begin() as connection:
+            if connection.execute(select(func.count()).where(of_selection)).scalar_one() == 0:
+                self._plan(connection)
+            planned = select(erasures.c.id, erasures.c.key_from, erasures.c.key_to)
+            return connection.execute(planned.where(of_selection, erasures.c.recorded_at.is_(None))).all()
+
+    def _plan(self, connection) -> None:
+        c = self.run.tables.candidates
+        starts = list(self._execute(connection, "erase_ranges.sql", {"size": self.rule.batch_size}).scalars())
+        if not starts:
+            return
+        last = connection.execute(
+            select(func.max(c.c.record_key)).where(c.c.selection_id == self.selection_id, c.c.decision == "due")
+        ).scalar_one()
+        ranges = zip(starts, [*starts[1:], last + 1], strict=True)
+        rows = [{"selection_id": self.selection_id, "key_from": low, "key_to": high} for low, high in ranges]
+        connection.execute(insert(self.run.tables.erasures), rows)
+
+    def erase_range(self, erasure: int, key_from: int, key_to: int) -> dict[str, int]:
+        """One transaction: lock, re-check, erase stored files, audit and erase the bundle, erase, done."""
+        with self.run.engine.begin() as connection:
+            bounds = {"key_from": key_from, "key_to": key_to}
             self._execute(connection, "lock_records.sql", bounds, r=self.decision.context, scope="staged")
             self._recheck(connection, bounds)
             if self.rule.stored_file:
                 self._erase_stored_files(connection, bounds)
             erased: dict[str, int] = {}
             for table, column, action in self._targets():
-                self._audit(connection, bounds, table, column, action)
-                erase = self._execute(
-                    connection, "erase_staged.sql", bounds, table=table, column=column, action=action, **self.names
-                )
-                count = erase.rowcount
                 if table != self.rule.table:
-                    erased[f"{action}d:{table}"] = count
+                    self._audit(connection, bounds, table, column, action)
+                done = self._execute(connection, "erase_staged.sql", bounds, table=table, column=column, action=action)
+                erased["erased" if table == self.rule.table else f"{action}d:{table}"] = done.rowcount
             if self.rule.action == "reactivate":
                 close_erased_cycles(connection, self.run, self.rule, self._staged(bounds))
-            erased["erased"] = self._mark_erased(connection, bounds)
+            erasures = self.run.tables.erasures
+            connection.execute(update(erasures).where(erasures.c.id == erasure).values(recorded_at=now_utc_naive()))
         return erased
 
     def _recheck(self, connection, bounds: dict) -> None:
         params = self.decision.params | bounds | {"table_name": self.rule.table}
-        context = {"r": self.decision.context, "scope": "staged"} | self.names
-        self._execute(connection, "erase_skip.sql", params, gone=True, **context)
-        self._execute(connection, "erase_skip.sql", params, gone=False, **context)
+        for gone in (True, False):
+            self._execute(connection, "erase_recheck.sql", params, gone=gone, r=self.decision.context, scope="staged")
 
     def _targets(self) -> list[tuple[str, str, str]]:
         """(table, column matched to the candidates, action): a bundle's members first, the rule's table last."""
@@ -122,20 +126,14 @@ class _RangeEraser:
             "as_of": run.as_of_naive,
         }
         key = run.policy.tables[table].key
-        self._execute(connection, "erase_audit.sql", params, table=table, key=key, column=column, **self.names)
+        self._execute(connection, "erase_audit.sql", params, table=table, key=key, column=column)
 
     def _erase_stored_files(self, connection, bounds: dict) -> None:
         """Erase each record's stored file first; a record whose file cannot be erased stays."""
         spec = self.run.policy.tables[self.rule.table]
-        query = statement(
-            self.run.engine,
-            "stored_files.sql",
-            table=self.rule.table,
-            key=spec.key,
-            column=self.rule.stored_file,
-            candidates=self.names["candidates"],
-        )
-        stored = connection.execute(query, bounds).all()
+        stored = self._execute(
+            connection, "stored_files.sql", bounds, table=self.rule.table, key=spec.key, column=self.rule.stored_file
+        ).all()
         failed = [key for key, location in stored if not erase_stored_file(location, self.run.s3_options)]
         if failed:
             c = self.run.tables.candidates
@@ -148,17 +146,12 @@ class _RangeEraser:
     def _staged(self, bounds: dict):
         c = self.run.tables.candidates
         return select(c.c.record_key).where(
-            c.c.selection_id == bounds["selection_id"],
+            c.c.selection_id == self.selection_id,
             c.c.decision == "due",
             c.c.state == "pending",
             c.c.record_key >= bounds["key_from"],
             c.c.record_key < bounds["key_to"],
         )
-
-    def _mark_erased(self, connection, bounds: dict) -> int:
-        c = self.run.tables.candidates
-        staged = self._staged(bounds).whereclause
-        return connection.execute(update(c).where(staged).values(state="erased")).rowcount
 
     def left_in_place(self) -> dict[str, int]:
         c = self.run.tables.candidates
@@ -173,7 +166,8 @@ class _RangeEraser:
         return dict(rows)
 
     def _execute(self, connection, template: str, params: dict, **context):
-        return connection.execute(statement(self.run.engine, template, **context), params)
+        query = statement(self.run.engine, template, **self.names, **context)
+        return connection.execute(query, {"selection_id": self.selection_id} | params)
 
 
 def erase_stored_file(location: str, s3_options: S3Options | None = None) -> bool:
@@ -212,7 +206,10 @@ def verify_erased(run: RunContext, rule: Rule) -> dict:
     from lifecycle.gates import validate_sql
 
     selection_id = selection_id_of(run, rule)
-    candidates = run.tables.qualified(run.tables.candidates)
+    names = {
+        "erasures": run.tables.qualified(run.tables.erasures),
+        "candidates": run.tables.qualified(run.tables.candidates),
+    }
     checks = [(rule.table, run.policy.tables[rule.table].key)]
     if rule.bundle:
         checks += [(member.table, member.link) for member in run.policy.bundles[rule.bundle].members]
@@ -220,7 +217,7 @@ def verify_erased(run: RunContext, rule: Rule) -> dict:
         query = render(
             run.engine,
             "gate_erased_remaining.sql",
-            candidates=candidates,
+            **names,
             table=table,
             column=column,
             selection_id=selection_id,

@@ -37,7 +37,7 @@ def start_run(run: RunContext) -> None:
 
 def rule_report(run: RunContext, rule: Rule) -> dict:
     tables = run.tables
-    s, c, a, b = tables.selections, tables.candidates, tables.audit_events, tables.archive_batches
+    s, c, a, b = tables.selections, tables.candidates, tables.audit_trail, tables.archive_batches
     with run.engine.connect() as connection:
         selection = (
             connection.execute(select(s).where(s.c.dag_id == run.dag_id, s.c.run_id == run.run_id, s.c.rule == rule.id))

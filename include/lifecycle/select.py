@@ -48,10 +48,12 @@ def selection_counts(connection, run: RunContext, rule: Rule, selection_id: int)
 
 
 def select_candidates(run: RunContext, rule: Rule) -> dict:
-    """Stage the rule's decisions for this run (replacing those of an interrupted try) and count them."""
-    selection_id = _open_selection(run, rule)
+    """Stage the rule's decisions for this run (replacing those of a try interrupted before any
+    erasure; a selection the erase step has begun acting on is the run's decision, kept) and count them."""
+    selection_id, acted_on = _open_selection(run, rule)
     with run.engine.begin() as connection:
-        stage_decisions(connection, run, rule, selection_id)
+        if not acted_on:
+            stage_decisions(connection, run, rule, selection_id)
         counts = selection_counts(connection, run, rule, selection_id)
         stored = {k: v for k, v in counts.items() if k != "invalid_records"}
         connection.execute(
@@ -62,9 +64,10 @@ def select_candidates(run: RunContext, rule: Rule) -> dict:
     return {"rule": rule.id, "selection_id": selection_id, **counts}
 
 
-def _open_selection(run: RunContext, rule: Rule) -> int:
-    """This run's selection for the rule; a retried step starts it afresh."""
-    selections, candidates = run.tables.selections, run.tables.candidates
+def _open_selection(run: RunContext, rule: Rule) -> tuple[int, bool]:
+    """This run's selection for the rule, and whether the erase step has begun acting on it; a
+    retried step starts it afresh otherwise."""
+    selections, candidates, erasures = run.tables.selections, run.tables.candidates, run.tables.erasures
     with run.engine.begin() as connection:
         existing = connection.execute(
             select(selections.c.id).where(
@@ -72,31 +75,29 @@ def _open_selection(run: RunContext, rule: Rule) -> int:
             )
         ).scalar()
         if existing is not None:
+            planned = connection.execute(select(func.count()).where(erasures.c.selection_id == existing)).scalar_one()
+            if planned:
+                return existing, True
             connection.execute(
-                # What the run already did stays recorded: erasures, and notices emailed or undeliverable.
+                # Notices emailed or undeliverable stay recorded.
                 delete(candidates).where(
-                    candidates.c.selection_id == existing,
-                    candidates.c.state.not_in(("erased", "emailed", "undeliverable")),
+                    candidates.c.selection_id == existing, candidates.c.state.not_in(("emailed", "undeliverable"))
                 )
             )
-            return existing
+            return existing, False
         result = connection.execute(
             insert(selections).values(
                 dag_id=run.dag_id,
                 run_id=run.run_id,
                 rule=rule.id,
+                table_name=rule.table,
                 as_of=run.as_of_naive,
                 policy_version=run.policy.version,
                 created_at=now_utc_naive(),
                 stage="selecting",
             )
         )
-        return result.inserted_primary_key[0]
-
-
-def table_rows(run: RunContext, rule: Rule) -> int:
-    with run.engine.connect() as connection:
-        return connection.execute(statement(run.engine, "count_rows.sql", table=rule.table)).scalar_one()
+        return result.inserted_primary_key[0], False
 
 
 def selection_id_of(run: RunContext, rule: Rule) -> int:

@@ -24,6 +24,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.schema import CreateSchema
 
+from lifecycle.sql import render
+
 POSTGRES_SCHEMA = "lifecycle"
 BATCH_KEY = String(300)
 
@@ -55,6 +57,7 @@ class LifecycleTables:
             Column("as_of", DateTime, nullable=False),
             Column("policy_version", String(64), nullable=False),
             Column("created_at", DateTime, nullable=False),
+            Column("table_name", String(64)),  # the rule's table, for the audit trail
             Column("table_rows", BigInteger),
             Column("counts", Text),
             # The last step completed: selected, gated, archived, archive_verified, erased, erase_verified.
@@ -103,6 +106,20 @@ class LifecycleTables:
             # reach the archive without keeping the address.
             Column("subject_digest", String(64)),
         )
+        # The erase step's plan and audit trail: the key ranges of a selection's due candidates, one
+        # erase transaction each, done when recorded_at is set. A due candidate still pending in a done
+        # range was erased by it (those left in place are marked skipped or failed in the same transaction).
+        self.erasures = Table(
+            f"{prefix}erasures",
+            m,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("selection_id", Integer, nullable=False, index=True),
+            Column("key_from", BigInteger, nullable=False),
+            Column("key_to", BigInteger, nullable=False),
+            Column("recorded_at", DateTime),
+        )
+        # Every other audited action, one row per row: archived, purged, and the rows of a smicer's
+        # bundle erased or pseudonymised with them.
         self.audit_events = Table(
             f"{prefix}audit_events",
             m,
@@ -163,6 +180,13 @@ class LifecycleTables:
             Column("lift_reason", Text),
         )
 
+        # The whole audit trail, one row per audited record (a view; not part of `metadata`).
+        self.audit_trail = Table(
+            f"{prefix}audit_trail",
+            MetaData(schema=schema),
+            *(Column(c.name, c.type) for c in self.audit_events.columns if c.name != "id"),
+        )
+
     def qualified(self, table: Table) -> str:
         return f"{table.schema}.{table.name}" if table.schema else table.name
 
@@ -184,7 +208,14 @@ def ensure_lifecycle_tables(engine: Engine) -> LifecycleTables:
             connection.execute(CreateSchema(POSTGRES_SCHEMA, if_not_exists=True))
         tables.metadata.create_all(connection, checkfirst=True)
         _add_missing_columns(connection, tables)
+        if not inspect(connection).has_table(tables.audit_trail.name, schema=tables.audit_trail.schema):
+            connection.exec_driver_sql(render(engine, "audit_trail_view.sql", t=_qualified_names(tables)))
     return tables
+
+
+def _qualified_names(tables: LifecycleTables) -> dict[str, str]:
+    names = ("selections", "candidates", "erasures", "audit_events", "archived_records", "audit_trail")
+    return {name: tables.qualified(getattr(tables, name)) for name in names}
 
 
 def _add_missing_columns(connection, tables: LifecycleTables) -> None:

@@ -16,7 +16,8 @@ SELECT lh.email_normalized FROM {{ h.legal_holds }} lh
  WHERE lh.email_normalized IS NOT NULL AND lh.lifted_at IS NULL AND (lh.until IS NULL OR lh.until > :today)
 {%- endmacro %}
 
-{# 1 when the record, the smicer owning it, or (for a bundle) a row of the bundle is held. #}
+{# 1 when the record, the smicer owning it, or (for a bundle) a row of the bundle is held. Each
+   test is an uncorrelated subquery, which the databases compute once per statement. #}
 {% macro held(h, key) -%}
 {% if not h.enabled %}0{% else %}
 CASE WHEN
@@ -24,18 +25,17 @@ CASE WHEN
   LOWER(TRIM(t.{{ h.email | q }})) IN ({{ held_emails(h) }}) OR
 {% endif %}
 {% if h.owner %}
-  EXISTS (SELECT 1 FROM {{ h.owner.table | q }} o
-           WHERE o.{{ h.owner.key | q }} = t.{{ h.owner.link | q }}
-             AND LOWER(TRIM(o.{{ h.owner.email | q }})) IN ({{ held_emails(h) }})) OR
+  t.{{ h.owner.link | q }} IN (SELECT o.{{ h.owner.key | q }} FROM {{ h.owner.table | q }} o
+                                WHERE LOWER(TRIM(o.{{ h.owner.email | q }})) IN ({{ held_emails(h) }})) OR
 {% endif %}
 {% for member in h.bundle_members %}
-  EXISTS (SELECT 1 FROM {{ h.legal_holds }} lh JOIN {{ member.table | q }} hm ON hm.{{ member.key | q }} = lh.record_key
-           WHERE lh.table_name = '{{ member.table }}' AND hm.{{ member.link | q }} = t.{{ key | q }}
-             AND lh.lifted_at IS NULL AND (lh.until IS NULL OR lh.until > :today)) OR
+  t.{{ key | q }} IN (SELECT hm.{{ member.link | q }} FROM {{ h.legal_holds }} lh
+                       JOIN {{ member.table | q }} hm ON hm.{{ member.key | q }} = lh.record_key
+                      WHERE lh.table_name = '{{ member.table }}'
+                        AND lh.lifted_at IS NULL AND (lh.until IS NULL OR lh.until > :today)) OR
 {% endfor %}
-  EXISTS (SELECT 1 FROM {{ h.legal_holds }} lh
-           WHERE lh.table_name = :hold_table AND lh.record_key = t.{{ key | q }}
-             AND lh.lifted_at IS NULL AND (lh.until IS NULL OR lh.until > :today))
+  t.{{ key | q }} IN (SELECT lh.record_key FROM {{ h.legal_holds }} lh
+                       WHERE lh.table_name = :hold_table AND lh.lifted_at IS NULL AND (lh.until IS NULL OR lh.until > :today))
 THEN 1 ELSE 0 END
 {% endif %}
 {%- endmacro %}
@@ -76,6 +76,10 @@ COALESCE({% for ref in w.columns %}{{ col(ref) }}{% if not loop.last %}, {% endi
 CASE WHEN {{ expr }} <= :{{ name }}_0_to{% for j in range(1, count) %} OR ({{ expr }} >= :{{ name }}_{{ j }}_from AND {{ expr }} <= :{{ name }}_{{ j }}_to){% endfor %} THEN 1 ELSE 0 END
 {%- endmacro %}
 
+{# Ends a derived table whose columns the query above reads several times: PostgreSQL would
+   otherwise merge it and compute each of its expressions once per reference. #}
+{% macro computed_once() %}{% if dialect == 'postgresql' %}OFFSET 0{% endif %}{% endmacro %}
+
 {# An instant a rule reads: SQLite keeps text, read as canonical UTC text (lifecycle.sqlite_functions). #}
 {% macro ts(expr) %}{% if dialect == 'sqlite' %}lifecycle_utc({{ expr }}){% else %}{{ expr }}{% endif %}{% endmacro %}
 
@@ -108,7 +112,7 @@ CASE WHEN {{ expr }} <= :{{ name }}_0_to{% for j in range(1, count) %} OR ({{ ex
 {% endif %}
 {%- endmacro %}
 
-{# The selection's pending due candidates in a key range: the records one erase transaction acts on. #}
+{# The selection's due candidates of one erase transaction's key range, not left in place. #}
 {% macro staged_range(candidates) -%}
 SELECT sc.record_key FROM {{ candidates }} sc
  WHERE sc.selection_id = :selection_id AND sc.decision = 'due' AND sc.state = 'pending'

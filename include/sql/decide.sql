@@ -86,10 +86,12 @@ SELECT t.{{ r.key | q }} AS record_key,
 {% elif scope == 'scan' and dialect != 'sqlite' %}
    AND ({{ m.worth_a_look(r) }})
 {% endif %}
+{{ m.computed_once() }}
        ) d
 {% if r.reactivation %}
   LEFT JOIN {{ r.reactivation.notices }} n
     ON n.rule = :rule_id AND n.record_key = d.record_key
    AND n.cycle = (SELECT MAX(n2.cycle) FROM {{ r.reactivation.notices }} n2 WHERE n2.rule = :rule_id AND n2.record_key = d.record_key)
 {% endif %}
+{{ m.computed_once() }}
        ) v

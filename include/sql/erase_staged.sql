@@ -1,7 +1,6 @@
-{# What one erase transaction does to the rows of a table, for the selection's pending due
-   candidates of a key range (the re-check has marked the others): `delete` the rows whose
-   `column` (the key, or a bundle member's link to its smicer) is one of them, or `pseudonymise`
-   a bundle member's rows (the link to the smicer set to NULL). #}
+{# What one erase transaction does to the rows of a table whose `column` (the key, or a bundle
+   member's link to its smicer) is a due candidate of its key range not left in place: `delete`
+   them, or `pseudonymise` a bundle member's rows (the link to the smicer set to NULL). #}
 {% import "_macros.sql" as m %}
 {% if action == 'pseudonymise' %}
 UPDATE {{ table | q }} SET {{ column | q }} = NULL

@@ -1,5 +1,8 @@
-{# Rows still present (or still linked to their smicer) although recorded as erased. #}
+{# Rows still present (or still linked to their smicer) although recorded as erased: due candidates
+   of a done erasure's key range not left in place. #}
 SELECT c.record_key
-  FROM {{ candidates }} c
+  FROM {{ erasures }} e
+  JOIN {{ candidates }} c ON c.selection_id = e.selection_id AND c.record_key >= e.key_from AND c.record_key < e.key_to
   JOIN {{ table | q }} x ON x.{{ column | q }} = c.record_key
- WHERE c.selection_id = {{ selection_id | int }} AND c.state = 'erased'
+ WHERE e.selection_id = {{ selection_id | int }} AND e.recorded_at IS NOT NULL
+   AND c.decision = 'due' AND c.state = 'pending'

@@ -1,6 +1,6 @@
-{# The erase step's re-check, in its transaction, of the candidates of a key range (their records
-   locked): those no longer due now, or without the verified archive copy the rule needs, stay in
-   place and are marked skipped with the reason; those whose record is gone, too. #}
+{# The erase transaction's re-check of its key range (the records locked): the due candidates no
+   longer erasable are left in place, marked skipped with the reason the database gives now: gone,
+   no longer due (and why), or no verified archive copy where the rule archives. #}
 {% import "_macros.sql" as m %}
 {% set reason %}
 CASE v.verdict WHEN 'due' THEN 'archive not verified' WHEN 'held' THEN 'no longer due: held'
