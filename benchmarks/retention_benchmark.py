@@ -3,6 +3,7 @@
     scripts/benchmark [--rows 300000 [1000000 ...]] [--due-share 0.3]
                       [--url postgresql+psycopg2://postgres@127.0.0.1:5432/postgres]
                       [--mariadb-url mysql+pymysql://root@127.0.0.1:3306/ | --no-mariadb]
+                      [--skip APPROACH ...]
 
 For each size given to `--rows` and each approach, a fresh database is filled with that many connection
 logs and rejected test applications (and rows // 20 smicers), of which `due-share` are due, then one
@@ -154,7 +155,7 @@ def main() -> int:
     admins = {"postgresql": create_engine(args.url, isolation_level="AUTOCOMMIT")}
     if not args.no_mariadb:
         admins["mariadb"] = create_engine(args.mariadb_url, isolation_level="AUTOCOMMIT")
-    approaches = [approach for approach in APPROACHES if approach.server in admins]
+    approaches = [a for a in APPROACHES if a.server in admins and a.name not in args.skip]
     results = {}
     for rows in args.rows:
         due = int(rows * args.due_share)
@@ -171,6 +172,7 @@ def _arguments():
     parser.add_argument("--url", default="postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--mariadb-url", default="mysql+pymysql://root@127.0.0.1:3306/")
     parser.add_argument("--no-mariadb", action="store_true")
+    parser.add_argument("--skip", nargs="+", default=[], choices=[a.name for a in APPROACHES], metavar="APPROACH")
     args = parser.parse_args()
     if not all(0 < int(rows * args.due_share) < rows for rows in args.rows):
         parser.error("every size needs rows due and rows not due: check --rows and --due-share")

@@ -1,26 +1,29 @@
 """Steps 3 and 4 of an archiving rule: copy the due records into batches (one per table and
-retain_until), then verify each batch before anything may be erased."""
+retain_until), then verify each batch before anything may be erased. A batch's rows stream from one
+statement joining the table to the staged candidates into Parquet as Arrow record batches, and are
+indexed by one statement: no record key passes through Python to select them."""
 
 from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from sqlalchemy import and_, delete, func, insert, literal, select, update
+from sqlalchemy import Date, TextClause, and_, bindparam, delete, func, insert, literal, select, update
 
 from lifecycle.archive_store import ArchiveError, open_archive_store, sha256_of_file
 from lifecycle.policy import Policy, Rule
-from lifecycle.rows import ArrowConverter, subject_digests
+from lifecycle.rows import ArrowConverter, email_strip, key_lines, record_batches
 from lifecycle.run import RunContext, now_utc_naive
 from lifecycle.select import selection_id_of
 from lifecycle.sql import statement
 
 PART_ROWS = 500_000
 FORMAT_VERSION = 1
+FIRST_KEY = -(2**63)
 AUDIT_COLUMNS = [
     "recorded_at",
     "dag_id",
@@ -65,7 +68,7 @@ def archive_due(run: RunContext, rule: Rule) -> dict:
     batches = []
     for retain_until in _retain_dates(run, selection_id):
         for source in archive_sources(run.policy, rule):
-            batch = _archive_group(run, rule, store, selection_id, retain_until, source)
+            batch = _archive_group(rule, store, BatchRows(run, source, selection_id, retain_until))
             if batch:
                 batches.append(batch)
     return {"rule": rule.id, "batches": len(batches), "rows": sum(rows for _, rows in batches)}
@@ -85,127 +88,178 @@ def _retain_dates(run: RunContext, selection_id: int) -> list[date]:
         )
 
 
-def due_key_pages(
-    run: RunContext, selection_id: int, page_size: int, retain_until: date | None = None
-) -> Iterator[list[int]]:
-    """The pending due keys of a selection, in key order, a page at a time."""
-    c = run.tables.candidates
-    after = None
-    while True:
-        query = select(c.c.record_key).where(
-            c.c.selection_id == selection_id, c.c.decision == "due", c.c.state == "pending"
-        )
-        if retain_until is not None:
-            query = query.where(c.c.retain_until == retain_until)
-        if after is not None:
-            query = query.where(c.c.record_key > after)
-        with run.engine.connect() as connection:
-            keys = list(connection.execute(query.order_by(c.c.record_key).limit(page_size)).scalars())
-        if not keys:
-            return
-        yield keys
-        after = keys[-1]
+@dataclass(frozen=True)
+class BatchRows:
+    """The rows of one batch: a source's due rows for one retain_until that no verified batch holds,
+    selected in the database by the statements of include/sql/archive_*.sql."""
+
+    run: RunContext
+    source: ArchiveSource
+    selection_id: int
+    retain_until: date
+
+    def statement(self, name: str, **context) -> TextClause:
+        tables, source = self.run.tables, self.source
+        batch = {
+            "table": source.table,
+            "key": source.key,
+            "match": source.match,
+            "candidates": tables.qualified(tables.candidates),
+            "archived_records": tables.qualified(tables.archived_records),
+            "archive_batches": tables.qualified(tables.archive_batches),
+            **_subject(self.run.policy, source.table),
+        }
+        clause = statement(self.run.engine, name, a=batch, **context)
+        return clause.bindparams(bindparam("retain_until", type_=Date()))
+
+    def params(self, **values) -> dict:
+        return {
+            "selection_id": self.selection_id,
+            "retain_until": self.retain_until,
+            "table_name": self.source.table,
+            **values,
+        }
 
 
-def _keys_to_archive(run: RunContext, selection_id: int, retain_until: date, source: ArchiveSource, page_size: int):
-    """Pages of the source's keys for a retain_until group that no verified batch holds yet."""
-    for owners in due_key_pages(run, selection_id, page_size, retain_until):
-        with run.engine.connect() as connection:
-            if source.is_root:
-                keys = owners
-            else:
-                query = statement(
-                    run.engine,
-                    "member_keys.sql",
-                    expanding=("owners",),
-                    table=source.table,
-                    key=source.key,
-                    link=source.match,
-                )
-                keys = list(connection.execute(query, {"owners": owners}).scalars())
-            archived = verified_archived_keys(run, connection, source.table, keys)
-        pending = [key for key in keys if key not in archived]
-        if pending:
-            yield pending
+def _subject(policy: Policy, table: str) -> dict:
+    """Where the email of a row's subject is: its own column, or its owning smicer's."""
+    spec = policy.tables[table]
+    if spec.email:
+        return {"email": spec.email, "owner": None}
+    membership = policy.bundle_membership(table)
+    if membership is None or not policy.tables[membership[0].root].email:
+        return {"email": None, "owner": None}
+    bundle, member = membership
+    root = policy.tables[bundle.root]
+    return {"email": None, "owner": {"table": root.name, "key": root.key, "link": member.link, "email": root.email}}
 
 
-def verified_archived_keys(run: RunContext, connection, table: str, keys: list[int]) -> dict[int, str]:
-    """Of `keys`, those with a copy in a verified batch, and that batch."""
-    if not keys:
-        return {}
-    records, batches = run.tables.archived_records, run.tables.archive_batches
-    query = (
-        select(records.c.record_key, records.c.batch_key)
-        .join(batches, batches.c.batch_key == records.c.batch_key)
-        .where(records.c.table_name == table, records.c.record_key.in_(keys), batches.c.verified_at.is_not(None))
-    )
-    return dict(connection.execute(query).all())
+@dataclass(frozen=True)
+class Export:
+    """A batch's rows as Parquet parts in a scratch folder, with the digest of their keys."""
+
+    parts: list[tuple[Path, int]]
+    digest: str
+
+    @property
+    def rows(self) -> int:
+        return sum(rows for _, rows in self.parts)
 
 
-def _archive_group(run, rule, store, selection_id, retain_until, source) -> tuple[str, int] | None:
-    expected = hashlib.sha256()
-    expected_rows = 0
-    for keys in _keys_to_archive(run, selection_id, retain_until, source, rule.batch_size):
-        expected.update("".join(f"{key}\n" for key in keys).encode())
-        expected_rows += len(keys)
-    if expected_rows == 0:
-        return None
-    digest = expected.hexdigest()
-    batch_key = (
-        f"{source.table}/retain_until={retain_until.isoformat()}/{rule.id}-{run.as_of:%Y%m%dT%H%M%SZ}-{digest[:16]}"
-    )
-    existing = store.read_manifest(batch_key)
-    if existing is None or existing.get("records_digest") != digest:
-        manifest = _write_batch(run, rule, store, selection_id, retain_until, source, batch_key)
-        if manifest["records_digest"] != digest:
-            raise ArchiveError(f"batch {batch_key}: the rows written differ from the candidates (changed meanwhile)")
-    else:
-        _record_batch_members(run, selection_id, retain_until, source, batch_key, rule.batch_size)
-    _record_batch(run, rule, store, source, retain_until, batch_key, digest, expected_rows)
-    return batch_key, expected_rows
-
-
-def _write_batch(run, rule, store, selection_id, retain_until, source, batch_key) -> dict:
-    import pyarrow.parquet as pq
-
-    converter = ArrowConverter.for_table(run.engine, source.table)
-    written = hashlib.sha256()
-    parts: list[dict] = []
+def _archive_group(rule: Rule, store, rows: BatchRows) -> tuple[str, int] | None:
+    """Export the batch's rows, index them, and write the batch unless the archive holds it complete."""
     with tempfile.TemporaryDirectory(prefix="archive-") as scratch:
-        writer, part_path, part_rows = None, None, 0
-        for keys in _keys_to_archive(run, selection_id, retain_until, source, rule.batch_size):
-            rows = _fetch_rows(run, source, converter.columns, keys)
-            table = converter.to_arrow(rows, source.table, source.key)
-            if writer is None or part_rows >= PART_ROWS:
-                if writer is not None:
-                    writer.close()
-                    parts.append(_store_part(store, batch_key, part_path, part_rows, len(parts), retain_until))
-                part_path = Path(scratch) / f"part-{len(parts):05d}.parquet"
-                writer, part_rows = pq.ParquetWriter(part_path, converter.schema, compression="zstd"), 0
-            writer.write_table(table)
-            part_rows += table.num_rows
-            written.update("".join(f"{row[source.key]}\n" for row in rows).encode())
-            _remember_copies(run, source, batch_key, rows)
-        if writer is not None:
-            writer.close()
-            parts.append(_store_part(store, batch_key, part_path, part_rows, len(parts), retain_until))
+        export = _export(rows, Path(scratch))
+        if rows.source.is_root:
+            _check_candidates(rows, export.rows)
+        if export.rows == 0:
+            return None
+        batch_key = (
+            f"{rows.source.table}/retain_until={rows.retain_until.isoformat()}/"
+            f"{rule.id}-{rows.run.as_of:%Y%m%dT%H%M%SZ}-{export.digest[:16]}"
+        )
+        _index_records(rows, batch_key, export.rows)
+        existing = store.read_manifest(batch_key)
+        if existing is None or existing.get("records_digest") != export.digest:
+            _write_batch(rule, store, rows, batch_key, export)
+    _record_batch(rule, store, rows, batch_key, export)
+    return batch_key, export.rows
+
+
+def _export(rows: BatchRows, scratch: Path) -> Export:
+    """Stream the batch's rows from the database into Parquet parts, hashing their keys as they pass."""
+    engine, source = rows.run.engine, rows.source
+    converter = ArrowConverter.for_table(engine, source.table, source.key)
+    query = rows.statement("archive_rows.sql", columns=converter.columns)
+    digest = hashlib.sha256()
+    stream = record_batches(engine, query, rows.params(after=FIRST_KEY), converter)
+    with _PartWriter(scratch, converter.schema) as parts, closing(stream):
+        for batch in stream:
+            digest.update(key_lines(batch.column(source.key)))
+            parts.write(batch)
+    return Export(parts.parts, digest.hexdigest())
+
+
+class _PartWriter:
+    """Parquet parts (zstd) of at most PART_ROWS rows each, a row group per record batch."""
+
+    def __init__(self, folder: Path, schema):
+        self.folder = folder
+        self.schema = schema
+        self.parts: list[tuple[Path, int]] = []
+        self.writer = None
+
+    def __enter__(self) -> _PartWriter:
+        return self
+
+    def write(self, batch) -> None:
+        while batch.num_rows:
+            if self.writer is None or self.parts[-1][1] == PART_ROWS:
+                self._next_part()
+            path, rows = self.parts[-1]
+            piece = batch.slice(0, PART_ROWS - rows)
+            self.writer.write_batch(piece)
+            self.parts[-1] = (path, rows + piece.num_rows)
+            batch = batch.slice(piece.num_rows)
+
+    def _next_part(self) -> None:
+        import pyarrow.parquet as pq
+
+        self.__exit__()
+        path = self.folder / f"part-{len(self.parts):05d}.parquet"
+        self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+        self.parts.append((path, 0))
+
+    def __exit__(self, *exc) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _check_candidates(rows: BatchRows, exported: int) -> None:
+    """Every due candidate of the rule's own table has its row in the batch (none was deleted meanwhile)."""
+    with rows.run.engine.connect() as connection:
+        expected = connection.execute(rows.statement("archive_candidates.sql"), rows.params()).scalar_one()
+    if exported != expected:
+        raise ArchiveError(
+            f"{rows.source.table}, retain_until {rows.retain_until}: {exported} rows to archive for {expected} "
+            "candidates (changed meanwhile)"
+        )
+
+
+def _index_records(rows: BatchRows, batch_key: str, exported: int) -> None:
+    """Which batch holds each record, with its subject's email digest computed by the database, in one
+    transaction; rows that changed since the export fail it."""
+    params = rows.params(batch_key=batch_key, strip=email_strip(rows.run.engine.dialect.name))
+    with rows.run.engine.begin() as connection:
+        connection.execute(rows.statement("archive_unindex.sql"), params)
+        indexed = connection.execute(rows.statement("archive_index.sql"), params).rowcount
+        if indexed != exported:
+            raise ArchiveError(f"batch {batch_key}: {indexed} rows indexed for {exported} written (changed meanwhile)")
+
+
+def _write_batch(rule: Rule, store, rows: BatchRows, batch_key: str, export: Export) -> None:
+    """The parts, then the manifest: a batch with a manifest is complete."""
+    run = rows.run
+    parts = [
+        _store_part(store, batch_key, path, count, index, rows.retain_until)
+        for index, (path, count) in enumerate(export.parts)
+    ]
     manifest = {
         "format_version": FORMAT_VERSION,
         "rule": rule.id,
-        "table": source.table,
-        "key_column": source.key,
+        "table": rows.source.table,
+        "key_column": rows.source.key,
         "as_of": run.as_of.isoformat(),
         "dag_id": run.dag_id,
         "run_id": run.run_id,
         "policy_version": run.policy.version,
-        "row_count": sum(part["row_count"] for part in parts),
-        "retain_until": retain_until.isoformat(),
+        "row_count": export.rows,
+        "retain_until": rows.retain_until.isoformat(),
         "created_at": now_utc_naive().isoformat() + "Z",
-        "records_digest": written.hexdigest(),
+        "records_digest": export.digest,
         "files": parts,
     }
     store.put_manifest(batch_key, manifest)
-    return manifest
 
 
 def _store_part(store, batch_key: str, path: Path, rows: int, index: int, retain_until: date) -> dict:
@@ -215,53 +269,8 @@ def _store_part(store, batch_key: str, path: Path, rows: int, index: int, retain
     return {"key": key, "row_count": rows, "sha256": sha256_of_file(path), "bytes": path.stat().st_size, **stored}
 
 
-def _fetch_rows(run: RunContext, source: ArchiveSource, columns: list[str], keys: list[int]) -> list[dict]:
-    query = statement(
-        run.engine,
-        "fetch_rows.sql",
-        expanding=("keys",),
-        table=source.table,
-        columns=columns,
-        match=source.key,
-        key=source.key,
-    )
-    with run.engine.connect() as connection:
-        return [dict(row) for row in connection.execute(query, {"keys": keys}).mappings()]
-
-
-def _remember_copies(run: RunContext, source: ArchiveSource, batch_key: str, rows: list[dict]) -> None:
-    """Which batch holds each record, with its subject's email digest (never the email)."""
-    keys = [row[source.key] for row in rows]
-    digests = subject_digests(run, source.table, rows)
-    records = run.tables.archived_records
-    with run.engine.begin() as connection:
-        connection.execute(delete(records).where(records.c.table_name == source.table, records.c.record_key.in_(keys)))
-        connection.execute(
-            insert(records),
-            [
-                {"table_name": source.table, "record_key": key, "batch_key": batch_key, "subject_digest": digest}
-                for key, digest in zip(keys, digests, strict=True)
-            ],
-        )
-
-
-def _record_batch_members(run, selection_id, retain_until, source, batch_key, page_size) -> None:
-    """A batch found complete in the archive (an interrupted run wrote it): index its records again."""
-    for keys in _keys_to_archive(run, selection_id, retain_until, source, page_size):
-        _remember_copies(
-            run, source, batch_key, _fetch_rows(run, source, [source.key, *_subject_columns(run, source)], keys)
-        )
-
-
-def _subject_columns(run: RunContext, source: ArchiveSource) -> list[str]:
-    spec = run.policy.tables[source.table]
-    if spec.email:
-        return [spec.email]
-    membership = run.policy.bundle_membership(source.table)
-    return [membership[1].link] if membership else []
-
-
-def _record_batch(run, rule, store, source, retain_until, batch_key, digest, rows) -> None:
+def _record_batch(rule: Rule, store, rows: BatchRows, batch_key: str, export: Export) -> None:
+    run = rows.run
     batches = run.tables.archive_batches
     with run.engine.begin() as connection:
         connection.execute(delete(batches).where(batches.c.batch_key == batch_key, batches.c.verified_at.is_(None)))
@@ -271,15 +280,15 @@ def _record_batch(run, rule, store, source, retain_until, batch_key, digest, row
                 insert(batches).values(
                     batch_key=batch_key,
                     rule=rule.id,
-                    table_name=source.table,
-                    retain_until=retain_until,
+                    table_name=rows.source.table,
+                    retain_until=rows.retain_until,
                     as_of=run.as_of_naive,
                     dag_id=run.dag_id,
                     run_id=run.run_id,
                     policy_version=run.policy.version,
                     uri=f"{store.uri}/{batch_key}",
-                    row_count=rows,
-                    records_digest=digest,
+                    row_count=export.rows,
+                    records_digest=export.digest,
                 )
             )
 

@@ -85,7 +85,8 @@ class _RangeEraser:
         """One transaction: lock, re-check, erase stored files, audit and erase the bundle, erase, done."""
         with self.run.engine.begin() as connection:
             bounds = {"key_from": key_from, "key_to": key_to}
-            self._execute(connection, "lock_records.sql", bounds, r=self.decision.context, scope="staged")
+            if self.run.engine.dialect.name != "postgresql":  # there, the re-check's own statement locks them
+                self._execute(connection, "lock_records.sql", bounds, r=self.decision.context, scope="staged")
             self._recheck(connection, bounds)
             if self.rule.stored_file:
                 self._erase_stored_files(connection, bounds)
@@ -103,8 +104,8 @@ class _RangeEraser:
 
     def _recheck(self, connection, bounds: dict) -> None:
         params = self.decision.params | bounds | {"table_name": self.rule.table}
-        for gone in (True, False):
-            self._execute(connection, "erase_recheck.sql", params, gone=gone, r=self.decision.context, scope="staged")
+        for check in ("due", "archive"):
+            self._execute(connection, "erase_recheck.sql", params, check=check, r=self.decision.context, scope="staged")
 
     def _targets(self) -> list[tuple[str, str, str]]:
         """(table, column matched to the candidates, action): a bundle's members first, the rule's table last."""

@@ -46,9 +46,11 @@ def steps_for(rule: Rule) -> list[Step]:
     return [SELECT, GATE, APPROVE, *archive, ERASE, VERIFY_ERASE, *notify]
 
 
-def run_step(run: RunContext, rule: Rule, step: Step) -> dict:
+def run_step(run: RunContext, rule: Rule, step: Step, selected: dict | None = None) -> dict:
+    """One step; in a dry run, what it would do (a dry run's later steps report from `selected`,
+    what its select step found)."""
     if run.dry_run:
-        return preview_step(run, rule, step.name)
+        return preview_step(run, rule, step.name, selected)
     result = step.action(run, rule)
     if step is not PURGE:
         record_stage(run, rule, step.stage)
@@ -57,4 +59,7 @@ def run_step(run: RunContext, rule: Rule, step: Step) -> dict:
 
 def run_rule(run: RunContext, rule: Rule) -> list[dict]:
     """Every step of one rule, stopping at the first that fails (its exception propagates)."""
-    return [run_step(run, rule, step) for step in steps_for(rule)]
+    results: list[dict] = []
+    for step in steps_for(rule):
+        results.append(run_step(run, rule, step, results[0] if results else None))
+    return results

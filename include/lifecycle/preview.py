@@ -1,6 +1,7 @@
-"""A dry run: each step of a rule reports what it would do, from the real select step's statement
-run inside a transaction that is then rolled back: no staged decision, archive, erasure, email or
-audit event remains. The same as-of and policy give the same decisions as the real run."""
+"""A dry run: each step of a rule reports what it would do. The select step runs the real select
+statement once, inside a transaction then rolled back (no staged decision, archive, erasure, email or
+audit event remains), and finds what every step would do; the later steps report it. The same as-of
+and policy give the same decisions as the real run."""
 
 from __future__ import annotations
 
@@ -15,20 +16,33 @@ from lifecycle.select import selection_counts, stage_decisions
 from lifecycle.sql import statement
 
 
-def preview_step(run: RunContext, rule: Rule, step_name: str) -> dict:
-    """What the step named `step_name` would do in this run, as the counts a report shows."""
+def preview_step(run: RunContext, rule: Rule, step_name: str, selected: dict | None = None) -> dict:
+    """What the step named `step_name` would do in this run, as the counts a report shows. The
+    select step finds what every step would do; the later steps report it from `selected`."""
     if step_name == "purge":
         from lifecycle.expiry import purge_expired
 
         return purge_expired(run, rule) | {"dry_run": True}
+    if step_name == "select":
+        would_do = preview_rule(run, rule)
+        return {"rule": rule.id, "dry_run": True, **would_do["select"], "would_do": would_do}
+    if not selected or "would_do" not in selected:
+        raise LookupError(f"rule {rule.id}: a dry run's {step_name} step reports what its select step found; none")
+    return {"rule": rule.id, "dry_run": True, **selected["would_do"][step_name]}
+
+
+def preview_rule(run: RunContext, rule: Rule) -> dict[str, dict]:
+    """What each step of the rule would do, by step name: the select step's statement run once, in a
+    transaction rolled back."""
+    from lifecycle.pipeline import steps_for
+
     with run.engine.connect() as connection:
         transaction = connection.begin()
         try:
-            selection_id = _stage(connection, run, rule)
-            would_do = WOULD_DO[step_name](_Staged(connection, run, rule, selection_id))
+            staged = _Staged(connection, run, rule, _stage(connection, run, rule))
+            return {step.name: WOULD_DO[step.name](staged) for step in steps_for(rule)}
         finally:
             transaction.rollback()
-    return {"rule": rule.id, "dry_run": True, **would_do}
 
 
 def _stage(connection, run: RunContext, rule: Rule) -> int:

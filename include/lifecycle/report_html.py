@@ -180,7 +180,7 @@ def _invalid_records(outcome: dict) -> str:
         for r in records
     )
     total = outcome.get("invalid") or 0
-    # The report lists the first invalid records only (reporting.INVALID_LISTED).
+    # The report lists the first invalid records only (select.INVALID_LISTED).
     shown = f'<p class="muted">the first {len(records)} of {text(total)}</p>' if total > len(records) else ""
     head = '<thead><tr><th>table</th><th class="num">key</th><th>reason</th></tr></thead>'
     return f'<h3>Invalid records (skipped)</h3>{shown}<table class="details">{head}<tbody>{rows}</tbody></table>'

@@ -12,8 +12,7 @@ from lifecycle.policy import Rule
 from lifecycle.reactivation import notice_report
 from lifecycle.report_html import COLUMNS, NOTICE_COLUMNS, render_html
 from lifecycle.run import RunContext, now_utc_naive
-
-INVALID_LISTED = 200
+from lifecycle.select import invalid_records
 
 
 def start_run(run: RunContext) -> None:
@@ -67,15 +66,7 @@ def rule_report(run: RunContext, rule: Rule) -> dict:
             if rule.action == "reactivate":
                 outcome["notices_due"] = outcome.pop("notify", 0)
                 outcome |= notice_report(connection, run, rule, selection["id"])
-            outcome["invalid_records"] = [
-                {"table": rule.table, "key": key, "reason": reason}
-                for key, reason in connection.execute(
-                    select(c.c.record_key, c.c.reason)
-                    .where(c.c.selection_id == selection["id"], c.c.decision == "invalid")
-                    .order_by(c.c.record_key)
-                    .limit(INVALID_LISTED)
-                ).all()
-            ]
+            outcome["invalid_records"] = invalid_records(connection, run, rule, selection["id"])
     for action in ("archived", "erased", "pseudonymised", "purged"):
         outcome[action] = sum(count for act, _, count in actions if act == action)
     # A bundle rule's "erased" counts its own records (smicers); the rows erased with them apart.

@@ -20,6 +20,9 @@ def stage_decisions(connection, run: RunContext, rule: Rule, selection_id: int) 
     decision = DecisionStatement(run, rule)
     query = statement(run.engine, "stage_candidates.sql", r=decision.context, scope="scan")
     connection.execute(query, decision.params | {"selection_id": selection_id})
+    if run.engine.dialect.name == "postgresql":
+        # The planner must see the staged rows: it would join a million of them as if there were one.
+        connection.exec_driver_sql(f"ANALYZE {run.tables.qualified(run.tables.candidates)}")
 
 
 def selection_counts(connection, run: RunContext, rule: Rule, selection_id: int) -> dict:
@@ -36,15 +39,21 @@ def selection_counts(connection, run: RunContext, rule: Rule, selection_id: int)
     counts["to_archive"] = by_decision.get(DUE, (0, 0))[1]
     if rule.action == "reactivate":
         counts[NOTIFY] = by_decision.get(NOTIFY, (0, 0))[0]
+    counts["table_rows"] = connection.execute(statement(run.engine, "count_rows.sql", table=rule.table)).scalar_one()
+    counts["invalid_records"] = invalid_records(connection, run, rule, selection_id)
+    return counts
+
+
+def invalid_records(connection, run: RunContext, rule: Rule, selection_id: int) -> list[dict]:
+    """The selection's first invalid records, by table and key, with the reason (never a value)."""
+    c = run.tables.candidates
     invalid = connection.execute(
         select(c.c.record_key, c.c.reason)
         .where(c.c.selection_id == selection_id, c.c.decision == INVALID)
         .order_by(c.c.record_key)
         .limit(INVALID_LISTED)
     ).all()
-    counts["table_rows"] = connection.execute(statement(run.engine, "count_rows.sql", table=rule.table)).scalar_one()
-    counts["invalid_records"] = [{"table": rule.table, "key": key, "reason": reason} for key, reason in invalid]
-    return counts
+    return [{"table": rule.table, "key": key, "reason": reason} for key, reason in invalid]
 
 
 def select_candidates(run: RunContext, rule: Rule) -> dict:

@@ -35,13 +35,13 @@ class VolumeApproval(ApprovalOperator):
 
         run = tasks.run_context()
         rule = run.policy.rule(self.rule_id)
+        selected = context["ti"].xcom_pull(task_ids=f"{rule.id}.select") or {}
         volume = None if run.dry_run else staged_volume(run, rule)
         if volume is None or not volume.needs_approval(run.volume_approved):
-            return run_step(run, rule, APPROVE)
+            return run_step(run, rule, APPROVE, selected)
         self.response_timeout = approval_timeout()
         self.notifiers = [OperatorAlert(*APPROVAL_AWAITED)]
         self.subject = f"{rule.id}: {volume.candidates} records above the volume ceiling of {volume.limit}"
-        selected = context["ti"].xcom_pull(task_ids=f"{rule.id}.select") or {}
         self.body = approval_body(run, rule, volume, selected, staged_sample(run, rule, SAMPLE_SIZE))
         return super().execute(context)
 

@@ -80,10 +80,18 @@ def run_rule_step(rule_id: str, step_name: str) -> dict:
     step = next(step for step in steps_for(rule) if step.name == step_name)
     if step is NOTIFY:
         run = _with_mail(run)
+    selected = _selected(rule) if run.dry_run else None
     try:
-        return run_step(run, rule, step)
+        return run_step(run, rule, step, selected)
     except (GateFailed, ErasureRefused, ArchiveError) as error:
         raise AirflowFailException(str(error)) from None
+
+
+def _selected(rule) -> dict | None:
+    """What the run's select step found for the rule: a dry run's later steps report from it."""
+    from airflow.sdk import get_current_context
+
+    return get_current_context()["ti"].xcom_pull(task_ids=f"{rule.id}.select")
 
 
 def _with_mail(run):

@@ -87,6 +87,9 @@ SELECT t.{{ r.key | q }} AS record_key,
    AND ({{ m.worth_a_look(r) }})
 {% endif %}
 {{ m.computed_once() }}
+{% if scope == 'staged' and dialect == 'postgresql' %}
+   FOR UPDATE OF t {# the erase transaction's re-check: its records stay as decided until it commits #}
+{% endif %}
        ) d
 {% if r.reactivation %}
   LEFT JOIN {{ r.reactivation.notices }} n

@@ -1,32 +1,23 @@
-{# The erase transaction's re-check of its key range (the records locked): the due candidates no
-   longer erasable are left in place, marked skipped with the reason the database gives now: gone,
-   no longer due (and why), or no verified archive copy where the rule archives. #}
+{# The erase transaction's re-check of its key range, its records locked: the due candidates the
+   database no longer finds due now are left in place (marked skipped: gone, or no longer due);
+   then those still due without the verified archive copy their rule needs. What stays pending is
+   what the transaction erases. #}
 {% import "_macros.sql" as m %}
-{% set reason %}
-CASE v.verdict WHEN 'due' THEN 'archive not verified' WHEN 'held' THEN 'no longer due: held'
-     WHEN 'invalid' THEN 'no longer due: invalid' WHEN 'notify' THEN 'no longer due: notify'
-     ELSE 'no longer due: not_due' END
-{% endset %}
-{% set unerasable %}
-(v.verdict <> 'due' OR (v.retain_until IS NOT NULL AND NOT EXISTS (
-    SELECT 1 FROM {{ archived_records }} ar JOIN {{ archive_batches }} ab ON ab.batch_key = ar.batch_key
-     WHERE ar.table_name = :table_name AND ar.record_key = c.record_key AND ab.verified_at IS NOT NULL)))
-{% endset %}
 {% set in_range %}
-c.selection_id = :selection_id AND c.decision = 'due' AND c.state = 'pending'
-   AND c.record_key >= :key_from AND c.record_key < :key_to
+selection_id = :selection_id AND decision = 'due' AND state = 'pending'
+   AND record_key >= :key_from AND record_key < :key_to
 {% endset %}
-{% if gone %}
-UPDATE {{ r.candidates }} SET state = 'skipped', reason = 'gone before erasure'
- WHERE record_key IN (SELECT c.record_key FROM {{ r.candidates }} c WHERE {{ in_range }}
-                        AND NOT EXISTS (SELECT 1 FROM {{ r.table | q }} t WHERE t.{{ r.key | q }} = c.record_key))
-   AND selection_id = :selection_id
-{% elif dialect == 'mysql' %}
-UPDATE {{ r.candidates }} c JOIN ({% include "decide.sql" %}) v ON v.record_key = c.record_key
-   SET c.state = 'skipped', c.reason = {{ reason }}
- WHERE {{ in_range }} AND {{ unerasable }}
+{% if check == 'due' %}
+UPDATE {{ r.candidates }}
+   SET state = 'skipped',
+       reason = CASE WHEN EXISTS (SELECT 1 FROM {{ r.table | q }} t WHERE t.{{ r.key | q }} = {{ r.candidates }}.record_key)
+                     THEN 'no longer due' ELSE 'gone before erasure' END
+ WHERE {{ in_range }}
+   AND record_key NOT IN (SELECT v.record_key FROM ({% include "decide.sql" %}) v WHERE v.verdict = 'due')
 {% else %}
-UPDATE {{ r.candidates }} AS c SET state = 'skipped', reason = {{ reason }}
-  FROM ({% include "decide.sql" %}) v
- WHERE v.record_key = c.record_key AND {{ in_range }} AND {{ unerasable }}
+UPDATE {{ r.candidates }} SET state = 'skipped', reason = 'archive not verified'
+ WHERE {{ in_range }} AND retain_until IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM {{ archived_records }} ar JOIN {{ archive_batches }} ab ON ab.batch_key = ar.batch_key
+                    WHERE ar.table_name = :table_name AND ar.record_key = {{ r.candidates }}.record_key
+                      AND ab.verified_at IS NOT NULL)
 {% endif %}

@@ -1,0 +1,42 @@
+{# The rows of an archive batch (lifecycle.archiving): a source table's rows whose candidate (the row
+   itself, or the smicer a bundle member's link names) is due and pending in the selection with the
+   batch's retain_until, less those a verified batch already holds. `a` is the batch's context. #}
+
+{% macro due() -%}
+c.selection_id = :selection_id AND c.decision = 'due' AND c.state = 'pending' AND c.retain_until = :retain_until
+{%- endmacro %}
+
+{% macro unarchived(a, key) -%}
+NOT EXISTS (SELECT 1 FROM {{ a.archived_records }} ar
+              JOIN {{ a.archive_batches }} ab ON ab.batch_key = ar.batch_key
+             WHERE ar.table_name = :table_name AND ar.record_key = {{ key }} AND ab.verified_at IS NOT NULL)
+{%- endmacro %}
+
+{% macro batch_rows(a, with_owner=false) -%}
+  FROM {{ a.table | q }} t
+  JOIN {{ a.candidates }} c ON c.record_key = t.{{ a.match | q }}
+{% if with_owner and a.owner %}
+  LEFT JOIN {{ a.owner.table | q }} o ON o.{{ a.owner.key | q }} = t.{{ a.owner.link | q }}
+{% endif %}
+ WHERE {{ due() }}
+   AND {{ unarchived(a, "t." ~ (a.key | q)) }}
+{%- endmacro %}
+
+{# lifecycle.rows.email_digest in SQL: the SHA-256 hex of the address stripped of what Python's
+   str.strip() strips (bound as :strip, see lifecycle.rows.email_strip) and lower-cased; NULL when blank.
+   LOWER follows the database's collation: it may differ from str.lower() on a few non-ASCII letters
+   (a final Σ, İ; any under a C collation), never on ASCII ones. #}
+{% macro email_digest(column) -%}
+{% if dialect == 'postgresql' -%}
+encode(sha256(convert_to(NULLIF(lower(btrim({{ column }}, :strip)), ''), 'UTF8')), 'hex')
+{%- elif dialect == 'sqlite' -%}
+lifecycle_email_digest({{ column }})
+{%- else -%}
+SHA2(CONVERT(NULLIF(LOWER(REGEXP_REPLACE({{ column }}, :strip, '')), '') USING utf8mb4), 256)
+{%- endif %}
+{%- endmacro %}
+
+{# The digest of the email of each row's subject: its own email column, or its owning smicer's. #}
+{% macro subject_digest(a) -%}
+{% if a.owner %}{{ email_digest("o." ~ (a.owner.email | q)) }}{% elif a.email %}{{ email_digest("t." ~ (a.email | q)) }}{% else %}NULL{% endif %}
+{%- endmacro %}

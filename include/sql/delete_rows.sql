@@ -1,1 +1,0 @@
-DELETE FROM {{ table | q }} WHERE {{ column | q }} IN :keys

@@ -1,1 +1,0 @@
-SELECT {{ key | q }} AS record_key FROM {{ table | q }} WHERE {{ link | q }} IN :owners ORDER BY {{ key | q }}
