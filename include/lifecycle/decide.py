@@ -14,6 +14,7 @@ from dateutil.relativedelta import relativedelta
 
 from lifecycle.periods import MalformedValue, add_period, due_anchors, to_utc, utc_date
 from lifecycle.policy import ColumnRef, Filter, Policy, Rule
+from lifecycle.sql import statement
 
 DUE, HELD, INVALID, NOTIFY, NOT_DUE = "due", "held", "invalid", "notify", "not_due"
 
@@ -130,7 +131,7 @@ class DecisionStatement:
     """decide.sql for one rule and run: the template's context and the values it binds."""
 
     def __init__(self, run, rule: Rule):
-        policy, dialect = run.policy, run.engine.dialect.name
+        policy = run.policy
         reading = RuleReading.of(policy, rule)
         self.params: dict = {}
         self.context = {
@@ -154,24 +155,28 @@ class DecisionStatement:
                 "grace": _period(rule.grace_period),
             },
         }
-        instant = _instant_binder(dialect)
-        as_of = run.as_of
-        self.due = {f"window_{i}": due_anchors(as_of, w.period) for i, w in enumerate(rule.windows)}
+        self._bind_instants(run, rule)
+        self.params |= {"today": run.today, "hold_table": rule.table, "rule_id": rule.id}
+
+    def _bind_instants(self, run, rule: Rule) -> None:
+        """The anchors due under each window (and the end of the reactivation's grace period), as
+        intervals of instants; the as-of; the retain_until counted from the as-of."""
+        dialect, as_of = run.engine.dialect.name, run.as_of
+        instant, day = _instant_binder(dialect), _date_binder(dialect)
+        due = {f"window_{i}": due_anchors(as_of, w.period) for i, w in enumerate(rule.windows)}
         if rule.grace_period is not None:
-            self.due["grace"] = due_anchors(as_of, rule.grace_period)
-        for name, intervals in self.due.items():
+            due["grace"] = due_anchors(as_of, rule.grace_period)
+            self.context["reactivation"]["intervals"] = len(due["grace"])
+        for i, window in enumerate(self.context["windows"]):
+            window |= {"name": f"window_{i}", "intervals": len(due[f"window_{i}"])}
+        for name, intervals in due.items():
             self.params[f"{name}_last"] = instant(intervals[-1][1])
             for j, (start, end) in enumerate(intervals):
                 self.params |= {f"{name}_{j}_from": start and instant(start), f"{name}_{j}_to": instant(end)}
-        for i, window in enumerate(self.context["windows"]):
-            window |= {"name": f"window_{i}", "intervals": len(self.due[f"window_{i}"])}
-        if rule.grace_period is not None:
-            self.context["reactivation"]["intervals"] = len(self.due["grace"])
-        self.params |= {"as_of": instant(as_of), "as_of_date": _date_binder(dialect)(utc_date(as_of))}
-        self.params |= {"today": run.today, "hold_table": rule.table, "rule_id": rule.id}
+        self.params |= {"as_of": instant(as_of), "as_of_date": day(utc_date(as_of))}
         if rule.archive and rule.archive.source is None:
             retain_until = _retain_until(rule, {}, as_of)
-            self.params["retain_until_from_as_of"] = retain_until and _date_binder(dialect)(retain_until)
+            self.params["retain_until_from_as_of"] = retain_until and day(retain_until)
 
     def _conditions(self, filters: tuple[Filter, ...], prefix: str, alias: str | None = None) -> list[dict]:
         rendered = []
@@ -253,8 +258,6 @@ def _date_binder(dialect: str):
 def decide_keys(connection, run, rule: Rule, keys: list[int]) -> list[Decision]:
     """The database's verdicts on the given records, inside the caller's transaction, which holds
     them locked where the database can, so that they stay true until it commits."""
-    from lifecycle.sql import statement
-
     decision = DecisionStatement(run, rule)
     lock = statement(run.engine, "lock_records.sql", expanding=("keys",), r=decision.context, scope="keys")
     connection.execute(lock, {"keys": keys})
@@ -264,8 +267,9 @@ def decide_keys(connection, run, rule: Rule, keys: list[int]) -> list[Decision]:
 
 
 def _decision_of(row) -> Decision:
-    due_at = row["due_epoch"] and datetime.fromtimestamp(row["due_epoch"], UTC)
-    anchor = to_utc(row["anchor"]) if row["due_epoch"] is not None else None
+    acted_on = row["due_epoch"] is not None
+    due_at = datetime.fromtimestamp(row["due_epoch"], UTC) if acted_on else None
+    anchor = to_utc(row["anchor"]) if acted_on else None
     retain_until = row["retain_until"]
     if isinstance(retain_until, str):
         retain_until = date.fromisoformat(retain_until)

@@ -1,4 +1,4 @@
-"""Steps 2 and 3 of a rule: the Great Expectations gate on the staged candidates, in the database,
+"""Steps 2 and 3 of a rule: the Great Expectations gate on the staged candidates, summed up by the database,
 then the volume safeguard. Nothing of the rule is archived, erased or sent unless both pass."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from lifecycle.periods import epoch_seconds
 from lifecycle.policy import Rule
 from lifecycle.run import RunContext
 from lifecycle.select import selection_id_of
-from lifecycle.sql import render
+from lifecycle.sql import statement
 
 
 def volume_limit(rule: Rule, table_rows: int) -> int:
@@ -46,34 +46,41 @@ class Volume:
         }
 
 
-def candidate_expectations(rule: Rule, as_of_epoch: int) -> list[dict]:
+def candidate_expectations(as_of_epoch: int) -> list[dict]:
+    """The gate's expectations on the summary of the staged candidates (include/sql/gate_candidates.sql)."""
+    nothing = {"type": "expect_column_values_to_be_between", "min_value": 0, "max_value": 0}
     return [
-        {"type": "expect_column_values_to_be_unique", "column": "record_key"},
-        {"type": "expect_column_values_to_not_be_null", "column": "anchor_epoch"},
-        {"type": "expect_column_values_to_not_be_null", "column": "due_epoch"},
-        {"type": "expect_column_values_to_be_between", "column": "anchor_epoch", "max_value": as_of_epoch},
+        {"type": "expect_column_pair_values_to_be_equal", "column_A": "candidates", "column_B": "distinct_keys"},
+        nothing | {"column": "missing_anchors"},
+        nothing | {"column": "missing_due_instants"},
+        nothing | {"column": "due_before_anchor"},
+        {"type": "expect_column_values_to_be_between", "column": "latest_anchor", "max_value": as_of_epoch},
         # The rule, checked again: every candidate's anchor + period is on or before as-of.
-        {"type": "expect_column_values_to_be_between", "column": "due_epoch", "max_value": as_of_epoch},
-        {
-            "type": "expect_column_pair_values_a_to_be_greater_than_b",
-            "column_A": "due_epoch",
-            "column_B": "anchor_epoch",
-            "or_equal": True,
-        },
+        {"type": "expect_column_values_to_be_between", "column": "latest_due", "max_value": as_of_epoch},
     ]
 
 
-def gate_candidates(run: RunContext, rule: Rule) -> dict:
-    from lifecycle.gates import validate_sql
+def check_candidates(connection, run: RunContext, rule: Rule, selection_id: int) -> bool:
+    """Great Expectations on the staged candidates, summed up by the database; raises GateFailed."""
+    import pandas
 
-    summary = validate_sql(
-        run.engine_url,
-        _candidates_query(run, selection_id_of(run, rule)),
-        candidate_expectations(rule, epoch_seconds(run.as_of)),
+    from lifecycle.gates import validate_frame
+
+    query = statement(run.engine, "gate_candidates.sql", candidates=run.tables.qualified(run.tables.candidates))
+    summary = connection.execute(query, {"selection_id": selection_id}).mappings().one()
+    validation = validate_frame(
+        pandas.DataFrame([dict(summary)], dtype="Int64"),
+        candidate_expectations(epoch_seconds(run.as_of)),
         gate=f"{rule.id}/candidates",
         artifact_path=run.artifact_path(rule, "gate-candidates.json"),
     )
-    return {"rule": rule.id, "passed": bool(summary.get("success")), **staged_volume(run, rule).as_dict()}
+    return bool(validation.get("success"))
+
+
+def gate_candidates(run: RunContext, rule: Rule) -> dict:
+    with run.engine.connect() as connection:
+        passed = check_candidates(connection, run, rule, selection_id_of(run, rule))
+    return {"rule": rule.id, "passed": passed, **staged_volume(run, rule).as_dict()}
 
 
 def staged_volume(run: RunContext, rule: Rule) -> Volume:
@@ -125,12 +132,3 @@ def require_volume_approval(run: RunContext, rule: Rule) -> dict:
             ],
         )
     return {"rule": rule.id, "approval": "approved by parameter" if volume.over else "not needed", **volume.as_dict()}
-
-
-def _candidates_query(run: RunContext, selection_id: int) -> str:
-    return render(
-        run.engine,
-        "gate_candidates.sql",
-        candidates=run.tables.qualified(run.tables.candidates),
-        selection_id=selection_id,
-    )

@@ -8,8 +8,7 @@ from __future__ import annotations
 from sqlalchemy import func, insert, select
 
 from lifecycle.decide import DUE, NOTIFY
-from lifecycle.gating import Volume, candidate_expectations, volume_limit
-from lifecycle.periods import epoch_seconds
+from lifecycle.gating import Volume, check_candidates, volume_limit
 from lifecycle.policy import Rule
 from lifecycle.run import RunContext, now_utc_naive
 from lifecycle.select import selection_counts, stage_decisions
@@ -101,24 +100,8 @@ def _select(staged: _Staged) -> dict:
 
 
 def _gate(staged: _Staged) -> dict:
-    import pandas
-
-    from lifecycle.gates import validate_frame
-
-    c = staged.run.tables.candidates
-    query = select(c.c.record_key, c.c.anchor_epoch, c.c.due_epoch).where(
-        c.c.selection_id == staged.selection_id, c.c.decision.in_((DUE, NOTIFY))
-    )
-    frame = pandas.DataFrame(
-        staged.connection.execute(query).all(), columns=["record_key", "anchor_epoch", "due_epoch"]
-    )
-    summary = validate_frame(
-        frame.astype("Int64"),
-        candidate_expectations(staged.rule, epoch_seconds(staged.run.as_of)),
-        gate=f"{staged.rule.id}/candidates",
-        artifact_path=staged.run.artifact_path(staged.rule, "gate-candidates.json"),
-    )
-    return {"passed": bool(summary.get("success")), **staged.volume().as_dict()}
+    passed = check_candidates(staged.connection, staged.run, staged.rule, staged.selection_id)
+    return {"passed": passed, **staged.volume().as_dict()}
 
 
 def _approve(staged: _Staged) -> dict:

@@ -77,7 +77,6 @@ class LifecycleTables:
             Column("archive_batch", BATCH_KEY),
             # pending | erased | skipped | failed; a notice: emailed | undeliverable | deferred | skipped
             Column("state", String(16), nullable=False),
-            Index(f"{prefix}candidates_work", "selection_id", "decision", "state"),
         )
         self.archive_batches = Table(
             f"{prefix}archive_batches",
@@ -118,8 +117,8 @@ class LifecycleTables:
             Column("key_to", BigInteger, nullable=False),
             Column("recorded_at", DateTime),
         )
-        # Every other audited action, one row per row: archived, purged, and the rows of a smicer's
-        # bundle erased or pseudonymised with them.
+        # Every other audited action, one row per row: purges, and the rows of a smicer's bundle
+        # erased or pseudonymised with them. (Archived records are audited by their verified batch.)
         self.audit_events = Table(
             f"{prefix}audit_events",
             m,
@@ -214,7 +213,8 @@ def ensure_lifecycle_tables(engine: Engine) -> LifecycleTables:
 
 
 def _qualified_names(tables: LifecycleTables) -> dict[str, str]:
-    names = ("selections", "candidates", "erasures", "audit_events", "archived_records", "audit_trail")
+    names = ("selections", "candidates", "erasures", "audit_events", "archived_records", "archive_batches")
+    names += ("audit_trail",)
     return {name: tables.qualified(getattr(tables, name)) for name in names}
 
 
@@ -231,10 +231,13 @@ def _add_missing_columns(connection, tables: LifecycleTables) -> None:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for the application database; SQLite gets foreign keys and a busy timeout."""
+    """An engine for the application database; SQLite gets foreign keys and a busy timeout. MariaDB
+    reads committed rows, as PostgreSQL does: under its default (repeatable read) the select step's
+    INSERT ... SELECT would lock every row it reads, and the application would wait on them."""
     from sqlalchemy import create_engine
 
-    engine = create_engine(url, pool_pre_ping=True, connect_args=_connect_args(url))
+    options = {"isolation_level": "READ COMMITTED"} if url.startswith("mysql") else {}
+    engine = create_engine(url, pool_pre_ping=True, connect_args=_connect_args(url), **options)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine

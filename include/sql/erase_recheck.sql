@@ -19,5 +19,7 @@ UPDATE {{ r.candidates }} SET state = 'skipped', reason = 'archive not verified'
  WHERE {{ in_range }} AND retain_until IS NOT NULL
    AND NOT EXISTS (SELECT 1 FROM {{ archived_records }} ar JOIN {{ archive_batches }} ab ON ab.batch_key = ar.batch_key
                     WHERE ar.table_name = :table_name AND ar.record_key = {{ r.candidates }}.record_key
-                      AND ab.verified_at IS NOT NULL)
+                      AND ab.verified_at IS NOT NULL
+                      {# the range again: the planner then reads these copies only #}
+                      AND ar.record_key >= :key_from AND ar.record_key < :key_to)
 {% endif %}
