@@ -142,10 +142,9 @@ def _archive_group(rule: Rule, store, rows: BatchRows) -> tuple[str, int] | None
             _check_candidates(rows, export.rows)
         if export.rows == 0:
             return None
-        batch_key = (
-            f"{rows.source.table}/retain_until={rows.retain_until.isoformat()}/"
-            f"{rule.id}-{rows.run.as_of:%Y%m%dT%H%M%SZ}-{export.digest[:16]}"
-        )
+        # Named by what it holds, not by the run: a run that dies before verifying a batch leaves it for
+        # the next, which finds it complete under the same name instead of writing it again.
+        batch_key = f"{rows.source.table}/retain_until={rows.retain_until.isoformat()}/{rule.id}-{export.digest[:16]}"
         _index_records(rows, batch_key, export.rows)
         existing = store.read_manifest(batch_key)
         if existing is None or existing.get("records_digest") != export.digest:
