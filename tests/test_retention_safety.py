@@ -313,3 +313,19 @@ def test_a_legal_hold_on_one_row_of_a_bundle_keeps_the_whole_bundle(engine, tmp_
     assert exists(engine, "smicers", bundle["smicer"])
     assert all(exists(engine, "connection_logs", log) for log in bundle["logs"])
     assert summary["rules"]["account-closed"]["erased"] == 0
+
+
+def test_a_bundle_row_without_a_verified_copy_keeps_the_whole_bundle(engine, tmp_path):
+    bundle = closed_smicer_with_bundle(engine)
+    run = make_run(engine, utc(2026, 11, 25), tmp_path, run_id="late-row")
+    rule = POLICY.rule("account-closed")
+    for step in (SELECT, GATE, ARCHIVE, VERIFY_ARCHIVE):
+        run_step(run, rule, step)
+    # A row of the bundle that appeared after the archive step, dated before as-of: it has no copy.
+    late = add(engine, "connection_logs", smicer_id=bundle["smicer"], connected_at=datetime(2025, 5, 4))
+
+    with pytest.raises(ErasureRefused, match="archive not verified"):
+        run_step(run, rule, ERASE)
+
+    assert exists(engine, "smicers", bundle["smicer"]) and exists(engine, "connection_logs", late)
+    assert all(exists(engine, "connection_logs", log) for log in bundle["logs"])

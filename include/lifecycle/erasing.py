@@ -103,9 +103,16 @@ class _RangeEraser:
         return erased
 
     def _recheck(self, connection, bounds: dict) -> None:
-        params = self.decision.params | bounds | {"table_name": self.rule.table}
+        params = self.decision.params | bounds
+        policy = self.run.policy
+        archived_members = [
+            {"table": table, "key": policy.tables[table].key, "link": column}
+            for table, column, action in self._targets()[:-1]
+            if action == "erase"
+        ]
+        context = {"r": self.decision.context, "scope": "staged", "archived_members": archived_members}
         for check in ("due", "archive"):
-            self._execute(connection, "erase_recheck.sql", params, check=check, r=self.decision.context, scope="staged")
+            self._execute(connection, "erase_recheck.sql", params, check=check, **context)
 
     def _targets(self) -> list[tuple[str, str, str]]:
         """(table, column matched to the candidates, action): a bundle's members first, the rule's table last."""

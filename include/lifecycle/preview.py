@@ -5,6 +5,8 @@ and policy give the same decisions as the real run."""
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from sqlalchemy import func, insert, select
 
 from lifecycle.decide import DUE, NOTIFY
@@ -76,10 +78,15 @@ class _Staged:
         query = select(func.count()).where(c.c.selection_id == self.selection_id, c.c.decision.in_(decisions))
         return self.connection.execute(query).scalar_one()
 
+    @cached_property
     def volume(self) -> Volume:
         rows = self.connection.execute(statement(self.run.engine, "count_rows.sql", table=self.rule.table))
         table_rows = rows.scalar_one()
         return Volume(self.count((DUE, NOTIFY)), table_rows, volume_limit(self.rule, table_rows))
+
+    @cached_property
+    def archive(self) -> dict:
+        return _archive(self)
 
     def rows_of_due(self, table: str, column: str, retain_until=None) -> int:
         """Rows of `table` whose `column` is a due candidate's key (of one retain_until, if given)."""
@@ -101,11 +108,11 @@ def _select(staged: _Staged) -> dict:
 
 def _gate(staged: _Staged) -> dict:
     passed = check_candidates(staged.connection, staged.run, staged.rule, staged.selection_id)
-    return {"passed": passed, **staged.volume().as_dict()}
+    return {"passed": passed, **staged.volume.as_dict()}
 
 
 def _approve(staged: _Staged) -> dict:
-    volume = staged.volume()
+    volume = staged.volume
     asked = volume.needs_approval(staged.run.volume_approved)
     return {"approval": "would be asked (above the ceiling)" if asked else "not needed", **volume.as_dict()}
 
@@ -166,8 +173,8 @@ WOULD_DO = {
     "select": _select,
     "gate": _gate,
     "approve": _approve,
-    "archive": _archive,
-    "verify_archive": lambda staged: {"verified_batches": _archive(staged)["batches"]},
+    "archive": lambda staged: staged.archive,
+    "verify_archive": lambda staged: {"verified_batches": staged.archive["batches"]},
     "erase": _erase,
     "verify_erase": lambda staged: {"checked_records": staged.count((DUE,))},
     "notify": _notify,

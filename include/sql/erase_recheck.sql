@@ -15,11 +15,18 @@ UPDATE {{ r.candidates }}
  WHERE {{ in_range }}
    AND record_key NOT IN (SELECT v.record_key FROM ({% include "decide.sql" %}) v WHERE v.verdict = 'due')
 {% else %}
+{% macro verified(table, key_expression) -%}
+EXISTS (SELECT 1 FROM {{ archived_records }} ar JOIN {{ archive_batches }} ab ON ab.batch_key = ar.batch_key
+         WHERE ar.table_name = '{{ table }}' AND ar.record_key = {{ key_expression }} AND ab.verified_at IS NOT NULL)
+{%- endmacro %}
+{# A record, and each row of its bundle erased with it, needs its verified copy. #}
 UPDATE {{ r.candidates }} SET state = 'skipped', reason = 'archive not verified'
  WHERE {{ in_range }} AND retain_until IS NOT NULL
-   AND NOT EXISTS (SELECT 1 FROM {{ archived_records }} ar JOIN {{ archive_batches }} ab ON ab.batch_key = ar.batch_key
-                    WHERE ar.table_name = :table_name AND ar.record_key = {{ r.candidates }}.record_key
-                      AND ab.verified_at IS NOT NULL
-                      {# the range again: the planner then reads these copies only #}
-                      AND ar.record_key >= :key_from AND ar.record_key < :key_to)
+   AND (NOT {{ verified(r.table, r.candidates ~ '.record_key') }}
+{% for member in archived_members %}
+        OR EXISTS (SELECT 1 FROM {{ member.table | q }} bm
+                    WHERE bm.{{ member.link | q }} = {{ r.candidates }}.record_key
+                      AND NOT {{ verified(member.table, 'bm.' ~ (member.key | q)) }})
+{% endfor %}
+       )
 {% endif %}
