@@ -89,7 +89,7 @@ def small_batches(rule_id: str):
 
 def kill_points(rule_id: str) -> list[str]:
     rule = POLICY.rule(rule_id)
-    steps = [step.name for step in steps_for(rule)]
+    steps = steps_for(rule)
     middles = ["select", *(["archive"] if rule.archives else []), "erase", *(["pseudonymise"] if rule.bundle else [])]
     return [f"after-{name}" for name in steps[:-1]] + [f"mid-{name}" for name in middles]
 
@@ -209,7 +209,7 @@ def victim(url: str, folder: str, rule_id: str, last_step: int | None) -> None:
 
 def kill(workers, engine, url: str, folder: Path, rule, point: str) -> int:
     """Kill a run of `rule` at `point`; return the index of the step a retry starts with."""
-    names = [step.name for step in steps_for(rule)]
+    names = steps_for(rule)
     when, name = point.split("-", 1)
     started = []
 

@@ -28,7 +28,7 @@ def run_once(engine, tmp_path, rule_id: str, *, dry_run: bool) -> dict:
 def _steps(run, rule):
     from lifecycle.pipeline import steps_for
 
-    return [result | {"step": step.name} for step, result in zip(steps_for(rule), run_rule(run, rule), strict=True)]
+    return [result | {"step": step} for step, result in zip(steps_for(rule), run_rule(run, rule), strict=True)]
 
 
 def output_files(tmp_path) -> dict[str, str]:

@@ -20,6 +20,7 @@ from lifecycle.rows import ArrowConverter, email_strip, key_lines, record_batche
 from lifecycle.run import RunContext, now_utc_naive
 from lifecycle.select import selection_id_of
 from lifecycle.sql import statement
+from lifecycle.step import Step
 
 PART_ROWS = 500_000
 FORMAT_VERSION = 1
@@ -54,7 +55,9 @@ def archive_due(run: RunContext, rule: Rule) -> dict:
     selection_id = selection_id_of(run, rule)
     store = open_archive_store(run.archive_uri, run.s3_options)
     batches = []
-    for retain_until in _retain_dates(run, selection_id):
+    with run.engine.connect() as connection:
+        retain_dates = _retain_dates(connection, run, selection_id)
+    for retain_until in retain_dates:
         for source in archive_sources(run.policy, rule):
             batch = _archive_group(rule, store, BatchRows(run, source, selection_id, retain_until))
             if batch:
@@ -62,18 +65,17 @@ def archive_due(run: RunContext, rule: Rule) -> dict:
     return {"rule": rule.id, "batches": len(batches), "rows": sum(rows for _, rows in batches)}
 
 
-def _retain_dates(run: RunContext, selection_id: int) -> list[date]:
+def _retain_dates(connection, run: RunContext, selection_id: int) -> list[date]:
     c = run.tables.candidates
-    with run.engine.connect() as connection:
-        return list(
-            connection.execute(
-                select(c.c.retain_until)
-                .where(c.c.selection_id == selection_id, c.c.decision == "due", c.c.state == "pending")
-                .where(c.c.retain_until.is_not(None))
-                .distinct()
-                .order_by(c.c.retain_until)
-            ).scalars()
-        )
+    return list(
+        connection.execute(
+            select(c.c.retain_until)
+            .where(c.c.selection_id == selection_id, c.c.decision == "due", c.c.state == "pending")
+            .where(c.c.retain_until.is_not(None))
+            .distinct()
+            .order_by(c.c.retain_until)
+        ).scalars()
+    )
 
 
 @dataclass(frozen=True)
@@ -361,3 +363,25 @@ def _mark_verified(run: RunContext, batch_keys: list[str]) -> None:
         connection.execute(
             update(batches).where(batches.c.batch_key.in_(batch_keys)).values(verified_at=now_utc_naive())
         )
+
+
+def _would_archive(scratch) -> dict:
+    """The rows each batch would hold: one batch per archived table and retain_until."""
+    retain_dates = _retain_dates(scratch.connection, scratch.run, scratch.selection_id)
+    sources = archive_sources(scratch.run.policy, scratch.rule)
+    batch_rows = [
+        scratch.rows_of_due(source.table, source.match, retain_until)
+        for retain_until in retain_dates
+        for source in sources
+    ]
+    return {"archived": sum(batch_rows), "batches": sum(1 for rows in batch_rows if rows)}
+
+
+def _would_verify(scratch) -> dict:
+    return {"verified_batches": _would_archive(scratch)["batches"]}
+
+
+STEPS = {
+    "archive": Step("archive", archive_due, _would_archive, "archived", dry_run_columns=("archived",)),
+    "verify_archive": Step("verify_archive", verify_archive, _would_verify, "archive_verified"),
+}

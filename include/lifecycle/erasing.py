@@ -18,6 +18,7 @@ from lifecycle.run import RunContext, now_utc_naive
 from lifecycle.s3_archive import S3Options
 from lifecycle.select import selection_id_of
 from lifecycle.sql import statement
+from lifecycle.step import Step
 
 # Left in place by a safeguard, which fails the step: the run must not look complete.
 REFUSALS = ("archive not verified", "stored file not erased")
@@ -98,9 +99,12 @@ class _RangeEraser:
                 erased["erased" if table == self.rule.table else f"{action}d:{table}"] = done.rowcount
             if self.rule.action == "reactivate":
                 close_erased_cycles(connection, self.run, self.rule, self._staged(bounds))
-            erasures = self.run.tables.erasures
-            connection.execute(update(erasures).where(erasures.c.id == erasure).values(recorded_at=now_utc_naive()))
+            self._done(connection, erasure)
         return erased
+
+    def _done(self, connection, erasure: int) -> None:
+        erasures = self.run.tables.erasures
+        connection.execute(update(erasures).where(erasures.c.id == erasure).values(recorded_at=now_utc_naive()))
 
     def _recheck(self, connection, bounds: dict) -> None:
         params = self.decision.params | bounds
@@ -235,3 +239,24 @@ def verify_erased(run: RunContext, rule: Rule) -> dict:
         artifact_path=run.artifact_path(rule, "gate-erased.json"),
     )
     return {"rule": rule.id, "checked_tables": len(checks)}
+
+
+def _would_erase(scratch) -> dict:
+    """The records that would be erased, and the rows of their bundles erased or pseudonymised with them."""
+    erased = {"erased": scratch.counts["due"]}
+    if scratch.rule.bundle:
+        erased |= {"erased_with_bundle": 0, "pseudonymised": 0}
+        for member in scratch.run.policy.bundles[scratch.rule.bundle].members:
+            column = "erased_with_bundle" if member.action == "erase" else "pseudonymised"
+            erased[column] += scratch.rows_of_due(member.table, member.link)
+    return erased
+
+
+STEPS = {
+    "erase": Step(
+        "erase", erase_due, _would_erase, "erased", dry_run_columns=("erased", "erased_with_bundle", "pseudonymised")
+    ),
+    "verify_erase": Step(
+        "verify_erase", verify_erased, lambda scratch: {"checked_records": scratch.counts["due"]}, "erase_verified"
+    ),
+}

@@ -16,6 +16,7 @@ from lifecycle.policy import Rule
 from lifecycle.rows import email_digest
 from lifecycle.run import RunContext, now_utc_naive
 from lifecycle.sql import statement
+from lifecycle.step import Step
 
 
 def purge_expired(run: RunContext, rule: Rule) -> dict:
@@ -111,3 +112,7 @@ def _record_purge(run: RunContext, rule: Rule, batch_key: str) -> None:
                 as_of=run.as_of_naive,
             )
         )
+
+
+# In a dry run, the purge itself counts what it would purge and writes nothing.
+STEPS = {"purge": Step("purge", purge_expired, None, None, dry_run_columns=("purged",))}

@@ -14,6 +14,7 @@ from lifecycle.policy import Rule
 from lifecycle.run import RunContext
 from lifecycle.select import selection_id_of
 from lifecycle.sql import statement
+from lifecycle.step import Step
 
 
 def volume_limit(rule: Rule, table_rows: int) -> int:
@@ -132,3 +133,20 @@ def require_volume_approval(run: RunContext, rule: Rule) -> dict:
             ],
         )
     return {"rule": rule.id, "approval": "approved by parameter" if volume.over else "not needed", **volume.as_dict()}
+
+
+def _would_gate(scratch) -> dict:
+    passed = check_candidates(scratch.connection, scratch.run, scratch.rule, scratch.selection_id)
+    return {"passed": passed, **scratch.volume.as_dict()}
+
+
+def _would_approve(scratch) -> dict:
+    volume = scratch.volume
+    asked = volume.needs_approval(scratch.run.volume_approved)
+    return {"approval": "would be asked (above the ceiling)" if asked else "not needed", **volume.as_dict()}
+
+
+STEPS = {
+    "gate": Step("gate", gate_candidates, _would_gate, "gated"),
+    "approve": Step("approve", require_volume_approval, _would_approve, "approved"),
+}

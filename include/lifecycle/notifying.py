@@ -41,6 +41,7 @@ from lifecycle.reactivation import (
 from lifecycle.run import RunContext, now_utc_naive
 from lifecycle.select import selection_id_of
 from lifecycle.sql import statement
+from lifecycle.step import Step
 
 # The ledger refused a second notice for the cycle although the decision saw none: never send it.
 NOTICE_ALREADY_GIVEN = "notice already given"
@@ -260,3 +261,34 @@ class _NoticeSender:
             return
         with self.run.engine.begin() as own:
             own.execute(change)
+
+
+def _would_notify(scratch) -> dict:
+    """Notices that would leave (within the per-run limit), and those whose address is unusable."""
+    run, rule = scratch.run, scratch.rule
+    spec = run.policy.tables[rule.table]
+    query = statement(
+        run.engine,
+        "staged_emails.sql",
+        table=rule.table,
+        key=spec.key,
+        email=spec.email,
+        candidates=run.tables.qualified(run.tables.candidates),
+    )
+    addresses = scratch.connection.execute(query, {"selection_id": scratch.selection_id}).scalars()
+    due = usable = 0
+    for address in addresses:
+        due += 1
+        usable += valid_address(address) is not None
+    return {"notices_due": due, "emailed": min(usable, run.notices.max_per_run), "undeliverable": due - usable}
+
+
+STEPS = {
+    "notify": Step(
+        "notify",
+        notify_inactive,
+        _would_notify,
+        "notified",
+        dry_run_columns=("notices_due", "emailed", "undeliverable"),
+    )
+}

@@ -8,6 +8,7 @@ import json
 from sqlalchemy import delete, func, insert, select
 
 from lifecycle.holds import list_holds
+from lifecycle.pipeline import step_named, steps_for
 from lifecycle.policy import Rule
 from lifecycle.reactivation import notice_report
 from lifecycle.report_html import COLUMNS, NOTICE_COLUMNS, render_html
@@ -129,24 +130,13 @@ def _would_do(rule: Rule, results: dict[str, dict]) -> dict:
     outcome = {"rule": rule.id, "action": rule.action, "stage": _last_step(rule, results)}
     outcome |= {column: selected.get(column, 0) for column in ("due", "held", "invalid")}
     outcome["invalid_records"] = selected.get("invalid_records", [])
-    for step, columns in WOULD_DO.items():
-        outcome |= {column: results.get(step, {}).get(column, 0) for column in columns}
+    for name in steps_for(rule):
+        outcome |= {column: results.get(name, {}).get(column, 0) for column in step_named(name).dry_run_columns}
     return outcome
 
 
-# The steps of a dry run and the report columns each fills with what it would do.
-WOULD_DO = {
-    "archive": ("archived",),
-    "erase": ("erased", "erased_with_bundle", "pseudonymised"),
-    "notify": ("notices_due", "emailed", "undeliverable"),
-    "purge": ("purged",),
-}
-
-
 def _last_step(rule: Rule, results: dict[str, dict]) -> str | None:
-    from lifecycle.pipeline import steps_for
-
-    done = [step.stage for step in steps_for(rule) if results.get(step.name)]
+    done = [step_named(name).stage for name in steps_for(rule) if results.get(name)]
     return done[-1] if done else None
 
 

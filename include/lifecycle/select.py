@@ -11,14 +11,16 @@ from lifecycle.decide import DUE, HELD, INVALID, NOTIFY, DecisionStatement
 from lifecycle.policy import Rule
 from lifecycle.run import RunContext, now_utc_naive
 from lifecycle.sql import statement
+from lifecycle.step import Step
 
 INVALID_LISTED = 200
 
 
-def stage_decisions(connection, run: RunContext, rule: Rule, selection_id: int) -> None:
-    """decide.sql's verdicts, all but 'not_due', into the selection's candidates (include/sql/stage_candidates.sql)."""
+def stage_decisions(connection, run: RunContext, rule: Rule, selection_id: int, *, retried: bool = False) -> None:
+    """decide.sql's verdicts, all but 'not_due', into the selection's candidates (include/sql/stage_candidates.sql);
+    `retried`: the selection may keep rows of an earlier try, which stay as they are."""
     decision = DecisionStatement(run, rule)
-    query = statement(run.engine, "stage_candidates.sql", r=decision.context, scope="scan")
+    query = statement(run.engine, "stage_candidates.sql", r=decision.context, scope="scan", retried=retried)
     connection.execute(query, decision.params | {"selection_id": selection_id})
     if run.engine.dialect.name == "postgresql":
         # The planner must see the staged rows: it would join a million of them as if there were one.
@@ -59,10 +61,10 @@ def invalid_records(connection, run: RunContext, rule: Rule, selection_id: int) 
 def select_candidates(run: RunContext, rule: Rule) -> dict:
     """Stage the rule's decisions for this run (replacing those of a try interrupted before any
     erasure; a selection the erase step has begun acting on is the run's decision, kept) and count them."""
-    selection_id, acted_on = _open_selection(run, rule)
+    selection_id, retried, acted_on = _open_selection(run, rule)
     with run.engine.begin() as connection:
         if not acted_on:
-            stage_decisions(connection, run, rule, selection_id)
+            stage_decisions(connection, run, rule, selection_id, retried=retried)
         counts = selection_counts(connection, run, rule, selection_id)
         stored = {k: v for k, v in counts.items() if k != "invalid_records"}
         connection.execute(
@@ -73,9 +75,9 @@ def select_candidates(run: RunContext, rule: Rule) -> dict:
     return {"rule": rule.id, "selection_id": selection_id, **counts}
 
 
-def _open_selection(run: RunContext, rule: Rule) -> tuple[int, bool]:
-    """This run's selection for the rule, and whether the erase step has begun acting on it; a
-    retried step starts it afresh otherwise."""
+def _open_selection(run: RunContext, rule: Rule) -> tuple[int, bool, bool]:
+    """This run's selection for the rule, whether an earlier try opened it, and whether the erase
+    step has begun acting on it; a retried step starts it afresh otherwise."""
     selections, candidates, erasures = run.tables.selections, run.tables.candidates, run.tables.erasures
     with run.engine.begin() as connection:
         existing = connection.execute(
@@ -86,14 +88,14 @@ def _open_selection(run: RunContext, rule: Rule) -> tuple[int, bool]:
         if existing is not None:
             planned = connection.execute(select(func.count()).where(erasures.c.selection_id == existing)).scalar_one()
             if planned:
-                return existing, True
+                return existing, True, True
             connection.execute(
                 # Notices emailed or undeliverable stay recorded.
                 delete(candidates).where(
                     candidates.c.selection_id == existing, candidates.c.state.not_in(("emailed", "undeliverable"))
                 )
             )
-            return existing, False
+            return existing, True, False
         result = connection.execute(
             insert(selections).values(
                 dag_id=run.dag_id,
@@ -106,7 +108,7 @@ def _open_selection(run: RunContext, rule: Rule) -> tuple[int, bool]:
                 stage="selecting",
             )
         )
-        return result.inserted_primary_key[0], False
+        return result.inserted_primary_key[0], False, False
 
 
 def selection_id_of(run: RunContext, rule: Rule) -> int:
@@ -131,3 +133,10 @@ def record_stage(run: RunContext, rule: Rule, stage: str) -> None:
             .where(selections.c.dag_id == run.dag_id, selections.c.run_id == run.run_id, selections.c.rule == rule.id)
             .values(stage=stage)
         )
+
+
+def _would_select(scratch) -> dict:
+    return scratch.counts
+
+
+STEPS = {"select": Step("select", select_candidates, _would_select, "selected")}

@@ -78,7 +78,7 @@ def build_dag(policy: Policy, purpose: Purpose) -> DAG:
             after_another_rule = previous_rule_end is not prepare
             with TaskGroup(group_id=rule.id, tooltip=f"{rule.action} {rule.table or 'archive'}"):
                 steps = [
-                    _step_task(rule.id, step.name, after_another_rule=after_another_rule and i == 0)
+                    _step_task(rule.id, step, after_another_rule=after_another_rule and i == 0)
                     for i, step in enumerate(steps_for(rule))
                 ]
             chain(previous_rule_end, *steps, [report, outcome])
@@ -90,7 +90,7 @@ def build_dag(policy: Policy, purpose: Purpose) -> DAG:
 
 
 def _step_task(rule_id: str, step_name: str, *, after_another_rule: bool):
-    if step_name == APPROVE.name:
+    if step_name == APPROVE:
         return VolumeApproval(task_id=step_name, rule_id=rule_id)
     trigger_rule = TriggerRule.ALL_DONE if after_another_rule else TriggerRule.ALL_SUCCESS
     return task(task_id=step_name, trigger_rule=trigger_rule)(tasks.run_rule_step)(rule_id, step_name)

@@ -77,12 +77,13 @@ def run_rule_step(rule_id: str, step_name: str) -> dict:
 
     run = run_context()
     rule = run.policy.rule(rule_id)
-    step = next(step for step in steps_for(rule) if step.name == step_name)
-    if step is NOTIFY:
+    if step_name not in steps_for(rule):
+        raise ValueError(f"rule {rule_id} has no step {step_name!r}; its steps: {steps_for(rule)}")
+    if step_name == NOTIFY:
         run = _with_mail(run)
     selected = _selected(rule) if run.dry_run else None
     try:
-        return run_step(run, rule, step, selected)
+        return run_step(run, rule, step_name, selected)
     except (GateFailed, ErasureRefused, ArchiveError) as error:
         raise AirflowFailException(str(error)) from None
 
@@ -122,7 +123,7 @@ def report_run(purpose_id: str) -> dict:
     states = task_instance.get_task_states(dag_id=run.dag_id, run_ids=[run.run_id]).get(run.run_id, {})
     results, failed = {}, {}
     for rule in purpose.rules:
-        task_ids = {step.name: f"{rule.id}.{step.name}" for step in steps_for(rule)}
+        task_ids = {step: f"{rule.id}.{step}" for step in steps_for(rule)}
         results[rule.id] = {name: task_instance.xcom_pull(task_ids=task_id) or {} for name, task_id in task_ids.items()}
         failed_step = next((name for name, task_id in task_ids.items() if states.get(task_id) == "failed"), None)
         if failed_step:

@@ -82,6 +82,7 @@ SELECT t.{{ r.key | q }} AS record_key,
 {% if scope == 'keys' %}
    AND t.{{ r.key | q }} IN :keys
 {% elif scope == 'staged' %}
+   AND t.{{ r.key | q }} >= :key_from AND t.{{ r.key | q }} < :key_to
    AND t.{{ r.key | q }} IN ({{ m.staged_range(r.candidates) }})
 {% elif scope == 'scan' and dialect != 'sqlite' %}
    AND ({{ m.worth_a_look(r) }})
