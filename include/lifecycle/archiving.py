@@ -378,7 +378,7 @@ def _would_archive(scratch) -> dict:
 
 
 def _would_verify(scratch) -> dict:
-    return {"verified_batches": _would_archive(scratch)["batches"]}
+    return {"verified_batches": scratch.would_do["archive"]["batches"]}
 
 
 STEPS = {

@@ -99,12 +99,9 @@ class _RangeEraser:
                 erased["erased" if table == self.rule.table else f"{action}d:{table}"] = done.rowcount
             if self.rule.action == "reactivate":
                 close_erased_cycles(connection, self.run, self.rule, self._staged(bounds))
-            self._done(connection, erasure)
+            erasures = self.run.tables.erasures
+            connection.execute(update(erasures).where(erasures.c.id == erasure).values(recorded_at=now_utc_naive()))
         return erased
-
-    def _done(self, connection, erasure: int) -> None:
-        erasures = self.run.tables.erasures
-        connection.execute(update(erasures).where(erasures.c.id == erasure).values(recorded_at=now_utc_naive()))
 
     def _recheck(self, connection, bounds: dict) -> None:
         params = self.decision.params | bounds

@@ -45,7 +45,9 @@ def preview_rule(run: RunContext, rule: Rule) -> dict[str, dict]:
         try:
             scratch_run.tables.candidates.create(connection)
             scratch = ScratchSelection(connection, scratch_run, rule, _stage(connection, scratch_run, rule))
-            return {name: step_named(name).would_do(scratch) for name in steps_for(rule)}
+            for name in steps_for(rule):
+                scratch.would_do[name] = step_named(name).would_do(scratch)
+            return scratch.would_do
         finally:
             transaction.rollback()
             _drop_scratch(connection, scratch_run.tables.candidates.name)
@@ -77,13 +79,15 @@ def _stage(connection, run: RunContext, rule: Rule) -> int:
 
 
 class ScratchSelection:
-    """The rolled-back selection a dry run's steps read, with what its select step would report."""
+    """The rolled-back selection a dry run's steps read, with what its select step would report and
+    what the steps before have found they would do (by step name)."""
 
     def __init__(self, connection, run: RunContext, rule: Rule, selection_id: int):
         self.connection = connection
         self.run = run
         self.rule = rule
         self.selection_id = selection_id
+        self.would_do: dict[str, dict] = {}
 
     @cached_property
     def counts(self) -> dict:
