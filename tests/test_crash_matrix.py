@@ -284,7 +284,7 @@ def kill_mid_erase(engine, holder, start, folder, rule, member: str = "connectio
 
 def kill_mid_pseudonymise(engine, holder, start, folder, rule) -> None:
     statement = kill_mid_erase(engine, holder, start, folder, rule, member="missions")
-    assert statement.startswith("UPDATE missions SET smicer_id = NULL"), statement
+    assert statement.startswith("UPDATE missions AS t SET smicer_id = NULL"), statement
 
 
 MIDDLES = {

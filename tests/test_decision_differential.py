@@ -20,6 +20,7 @@ from sqlalchemy import column as sql_column
 from sqlalchemy import insert, inspect, table, text
 
 from lifecycle.decide import DUE, HELD, INVALID, NOTIFY, DecisionStatement, RuleReading, decide, label
+from lifecycle.erasing import rechecks_itself
 from lifecycle.periods import due_anchors, epoch_seconds
 from lifecycle.reactivation import with_notices
 from lifecycle.select import select_candidates
@@ -380,9 +381,43 @@ def test_the_database_decides_every_record_as_decide_does(engine, tmp_path, as_o
         assert staged["invalid"] == sum(v[0] == INVALID for v in expected.values())
         for verdict in actual.values():
             compared[verdict[0]] += 1
+        if rechecks_itself(rule):
+            assert _erased_by_erase_statement(engine, run, rule) == {k for k, v in expected.items() if v[0] == DUE}
     # Every verdict is exercised, so the comparison above cannot pass vacuously.
     assert all(compared[v] > 10 for v in (DUE, HELD, INVALID, "not_due")), dict(compared)
     assert compared[NOTIFY] > 0, dict(compared)
+
+
+def _erased_by_erase_statement(engine, run, rule) -> set[int]:
+    """What the erase statement's own re-check erases when every record of the rule's table is staged
+    as due (rolled back)."""
+    tables = lifecycle_tables(engine)
+    candidates = tables.qualified(tables.candidates)
+    decision = DecisionStatement(run, rule)
+    key = POLICY.tables[rule.table].key
+    erase = statement(
+        engine,
+        "erase_staged.sql",
+        table=rule.table,
+        column=key,
+        action="erase",
+        recheck=True,
+        r=decision.context,
+        candidates=candidates,
+    )
+    with engine.connect() as connection, connection.begin() as transaction:
+        everyone = set(connection.execute(text(f"SELECT {key} FROM {rule.table}")).scalars())
+        connection.execute(
+            text(
+                f"INSERT INTO {candidates} (selection_id, record_key, decision, state) "
+                f"SELECT -1, {key}, 'due', 'pending' FROM {rule.table}"
+            )
+        )
+        bounds = {"key_from": min(everyone), "key_to": max(everyone) + 1}
+        connection.execute(erase, decision.params | bounds | {"selection_id": -1})
+        remaining = set(connection.execute(text(f"SELECT {key} FROM {rule.table}")).scalars())
+        transaction.rollback()
+    return everyone - remaining
 
 
 def _first_difference(rule, expected: dict, actual: dict) -> str:

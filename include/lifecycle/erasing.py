@@ -45,6 +45,13 @@ def erase_due(run: RunContext, rule: Rule) -> dict:
     return {"rule": rule.id, **erased, **{f"skipped:{reason}": count for reason, count in left.items()}}
 
 
+def rechecks_itself(rule: Rule) -> bool:
+    """Whether the erase statement re-checks each record itself (_macros.sql's still_due): where the
+    decision reads the record's own row only. A bundle's rows go before its smicer, and a parent's row
+    is another table's: those rules lock and re-check their records first."""
+    return not rule.bundle and not rule.parent
+
+
 class _RangeEraser:
     """The statements of one rule's erase step, for one selection."""
 
@@ -83,28 +90,42 @@ class _RangeEraser:
         connection.execute(insert(self.run.tables.erasures), rows)
 
     def erase_range(self, erasure: int, key_from: int, key_to: int) -> dict[str, int]:
-        """One transaction: lock, re-check, erase stored files, audit and erase the bundle, erase, done."""
+        """One transaction: re-check, erase stored files, audit and erase the bundle, erase, done."""
         with self.run.engine.begin() as connection:
             bounds = {"key_from": key_from, "key_to": key_to}
-            if self.run.engine.dialect.name != "postgresql":  # there, the re-check's own statement locks them
-                self._execute(connection, "lock_records.sql", bounds, r=self.decision.context, scope="staged")
-            self._recheck(connection, bounds)
+            self._recheck(connection, bounds, "gone" if rechecks_itself(self.rule) else "due")
+            if self.rule.archives:
+                self._recheck(connection, bounds, "archive")
             if self.rule.stored_file:
                 self._erase_stored_files(connection, bounds)
             erased: dict[str, int] = {}
             for table, column, action in self._targets():
+                recheck = rechecks_itself(self.rule) and table == self.rule.table
                 if table != self.rule.table:
                     self._audit(connection, bounds, table, column, action)
-                done = self._execute(connection, "erase_staged.sql", bounds, table=table, column=column, action=action)
+                done = self._execute(
+                    connection,
+                    "erase_staged.sql",
+                    self.decision.params | bounds,
+                    table=table,
+                    column=column,
+                    action=action,
+                    recheck=recheck,
+                    r=self.decision.context,
+                )
                 erased["erased" if table == self.rule.table else f"{action}d:{table}"] = done.rowcount
+            if rechecks_itself(self.rule):
+                self._recheck(connection, bounds, "kept")
             if self.rule.action == "reactivate":
                 close_erased_cycles(connection, self.run, self.rule, self._staged(bounds))
             erasures = self.run.tables.erasures
             connection.execute(update(erasures).where(erasures.c.id == erasure).values(recorded_at=now_utc_naive()))
         return erased
 
-    def _recheck(self, connection, bounds: dict) -> None:
-        params = self.decision.params | bounds
+    def _recheck(self, connection, bounds: dict, check: str) -> None:
+        if check == "due" and self.run.engine.dialect.name != "postgresql":
+            # There, the re-check's own statement locks them.
+            self._execute(connection, "lock_records.sql", bounds, r=self.decision.context, scope="staged")
         policy = self.run.policy
         archived_members = [
             {"table": table, "key": policy.tables[table].key, "link": column}
@@ -112,8 +133,7 @@ class _RangeEraser:
             if action == "erase"
         ]
         context = {"r": self.decision.context, "scope": "staged", "archived_members": archived_members}
-        for check in ("due", "archive"):
-            self._execute(connection, "erase_recheck.sql", params, check=check, **context)
+        self._execute(connection, "erase_recheck.sql", self.decision.params | bounds, check=check, **context)
 
     def _targets(self) -> list[tuple[str, str, str]]:
         """(table, column matched to the candidates, action): a bundle's members first, the rule's table last."""

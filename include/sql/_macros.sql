@@ -16,11 +16,11 @@ SELECT lh.email_normalized FROM {{ h.legal_holds }} lh
  WHERE lh.email_normalized IS NOT NULL AND lh.lifted_at IS NULL AND (lh.until IS NULL OR lh.until > :today)
 {%- endmacro %}
 
-{# 1 when the record, the smicer owning it, or (for a bundle) a row of the bundle is held. Each
+{# True when the record, the smicer owning it, or (for a bundle) a row of the bundle is held. Each
    test is an uncorrelated subquery, which the databases compute once per statement. #}
-{% macro held(h, key) -%}
-{% if not h.enabled %}0{% else %}
-CASE WHEN
+{% macro held_any(h, key) -%}
+{% if not h.enabled %}1 = 0{% else %}
+(
 {% if h.email %}
   LOWER(TRIM(t.{{ h.email | q }})) IN ({{ held_emails(h) }}) OR
 {% endif %}
@@ -36,8 +36,62 @@ CASE WHEN
 {% endfor %}
   t.{{ key | q }} IN (SELECT lh.record_key FROM {{ h.legal_holds }} lh
                        WHERE lh.table_name = :hold_table AND lh.lifted_at IS NULL AND (lh.until IS NULL OR lh.until > :today))
-THEN 1 ELSE 0 END
+)
 {% endif %}
+{%- endmacro %}
+
+{# held_any as 1 or 0 (a test it cannot answer, NULL, does not hold). #}
+{% macro held(h, key) -%}
+CASE WHEN {{ held_any(h, key) }} THEN 1 ELSE 0 END
+{%- endmacro %}
+
+{# Why a record cannot be decided (a read timestamp after as-of, a broken chronology, no source for
+   retain_until, on SQLite an unreadable value), or NULL. #}
+{% macro problem(r) -%}
+{% set undecidable %}
+{% if dialect == 'sqlite' %}
+         WHEN {% for ref in r.selected %}lifecycle_unreadable({{ col(ref) }}) = 1 OR {% endfor %}
+              {% for b in r.bundle_events %}lifecycle_unreadable({{ member_latest(b, r.key) }}) = 1 OR {% endfor %}0 = 1
+         THEN 'malformed timestamp'
+{% endif %}
+{% for ref in r.events %}
+         WHEN {{ ts(col(ref)) }} > :as_of THEN 'timestamp after as-of: {{ ref.table }}.{{ ref.column }}'
+{% endfor %}
+{% for b in r.bundle_events %}
+         WHEN {{ ts(member_latest(b, r.key)) }} > :as_of THEN 'bundle timestamp after as-of: {{ b.table }}.{{ b.column }}'
+{% endfor %}
+{% for earlier, later in r.chronology %}
+         WHEN {{ ts('t.' ~ (later | q)) }} < {{ ts('t.' ~ (earlier | q)) }} THEN '{{ r.table }}.{{ later }} before {{ r.table }}.{{ earlier }}'
+{% endfor %}
+{% if r.archive and r.archive.source %}
+         WHEN {{ col(r.archive.source) }} IS NULL THEN 'no retain_until source'
+{% endif %}
+{% endset %}
+{% if undecidable | trim %}CASE
+{{ undecidable }}       END{% else %}NULL{% endif %}
+{%- endmacro %}
+
+{# 1 when the record's anchor is due under its window, 0 when not, NULL when it has no anchor. #}
+{% macro in_window(r) -%}
+CASE{% for w in r.windows %} WHEN {{ window_anchor(w) }} IS NOT NULL
+            THEN {{ due_within(window_anchor(w), w.name, w.intervals) }}{% endfor %} END
+{%- endmacro %}
+
+{# True when decide.sql's verdict on the record `t` is 'due', read from its own row only: for a rule
+   with no parent, no bundle and no reactivation. The erase statement's re-check: on a row another
+   session changes meanwhile, the database evaluates it again on the row as it now stands. Written
+   as plain comparisons, which the planner can estimate (the differential test holds it equal to
+   decide.sql's verdict). #}
+{% macro still_due(r) -%}
+{% for f in r.filters %}{{ condition(f) }} AND {% endfor %}
+{% if dialect == 'sqlite' %}{% for ref in r.selected %}lifecycle_unreadable({{ col(ref) }}) = 0 AND {% endfor %}{% endif %}
+{% for ref in r.events %}({{ ts(col(ref)) }} IS NULL OR {{ ts(col(ref)) }} <= :as_of) AND {% endfor %}
+{% for earlier, later in r.chronology %}
+({{ ts('t.' ~ (later | q)) }} IS NULL OR {{ ts('t.' ~ (earlier | q)) }} IS NULL OR {{ ts('t.' ~ (later | q)) }} >= {{ ts('t.' ~ (earlier | q)) }}) AND
+{% endfor %}
+{% if r.archive and r.archive.source %}{{ col(r.archive.source) }} IS NOT NULL AND {% endif %}
+({% for w in r.windows %}{% if not loop.first %} OR {% endif %}({% for earlier in r.windows[:loop.index0] %}{{ window_anchor(earlier) }} IS NULL AND {% endfor %}{{ is_due(window_anchor(w), w.name, w.intervals) }}){% endfor %})
+AND NOT COALESCE({{ held_any(r.holds, r.key) }}, 1 = 0)
 {%- endmacro %}
 
 {# An index-friendly superset of the records whose verdict is not 'not_due' (decide.sql): due by a
@@ -73,7 +127,11 @@ COALESCE({% for ref in w.columns %}{{ col(ref) }}{% if not loop.last %}, {% endi
 {# 1 when an anchor is due: within the closed intervals `name` (lifecycle.periods.due_anchors),
    the first unbounded below. #}
 {% macro due_within(expr, name, count) -%}
-CASE WHEN {{ expr }} <= :{{ name }}_0_to{% for j in range(1, count) %} OR ({{ expr }} >= :{{ name }}_{{ j }}_from AND {{ expr }} <= :{{ name }}_{{ j }}_to){% endfor %} THEN 1 ELSE 0 END
+CASE WHEN {{ is_due(expr, name, count) }} THEN 1 ELSE 0 END
+{%- endmacro %}
+
+{% macro is_due(expr, name, count) -%}
+({{ expr }} <= :{{ name }}_0_to{% for j in range(1, count) %} OR ({{ expr }} >= :{{ name }}_{{ j }}_from AND {{ expr }} <= :{{ name }}_{{ j }}_to){% endfor %})
 {%- endmacro %}
 
 {# Ends a derived table whose columns the query above reads several times: PostgreSQL would
@@ -92,10 +150,11 @@ CASE WHEN {{ expr }} <= :{{ name }}_0_to{% for j in range(1, count) %} OR ({{ ex
 {% endif %}
 {%- endmacro %}
 
-{# Whole seconds since 1970-01-01 00:00 UTC, truncated as Python's int(timestamp()). #}
+{# Whole seconds since 1970-01-01 00:00 UTC, truncated as Python's int(timestamp()). PostgreSQL's
+   date_part is a double, exact to the microsecond until 2106, and many times cheaper than EXTRACT's numeric. #}
 {% macro epoch(expr) -%}
 {% if dialect == 'sqlite' %}lifecycle_epoch({{ expr }})
-{% elif dialect == 'postgresql' %}CAST(TRUNC(EXTRACT(EPOCH FROM {{ expr }})) AS BIGINT)
+{% elif dialect == 'postgresql' %}CAST(TRUNC(date_part('epoch', {{ expr }})) AS BIGINT)
 {% else %}TIMESTAMPDIFF(SECOND, '1970-01-01 00:00:00', {{ expr }})
 {% endif %}
 {%- endmacro %}

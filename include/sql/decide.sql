@@ -36,31 +36,10 @@ SELECT d.record_key, d.anchor, d.problem,
        d.due_at, d.retain_until
 {% endif %}
   FROM (
-{% set undecidable %}
-{% if dialect == 'sqlite' %}
-         WHEN {% for ref in r.selected %}lifecycle_unreadable({{ m.col(ref) }}) = 1 OR {% endfor %}
-              {% for b in r.bundle_events %}lifecycle_unreadable({{ m.member_latest(b, r.key) }}) = 1 OR {% endfor %}0 = 1
-         THEN 'malformed timestamp'
-{% endif %}
-{% for ref in r.events %}
-         WHEN {{ m.ts(m.col(ref)) }} > :as_of THEN 'timestamp after as-of: {{ ref.table }}.{{ ref.column }}'
-{% endfor %}
-{% for b in r.bundle_events %}
-         WHEN {{ m.ts(m.member_latest(b, r.key)) }} > :as_of THEN 'bundle timestamp after as-of: {{ b.table }}.{{ b.column }}'
-{% endfor %}
-{% for earlier, later in r.chronology %}
-         WHEN {{ m.ts('t.' ~ (later | q)) }} < {{ m.ts('t.' ~ (earlier | q)) }} THEN '{{ r.table }}.{{ later }} before {{ r.table }}.{{ earlier }}'
-{% endfor %}
-{% if r.archive and r.archive.source %}
-         WHEN {{ m.col(r.archive.source) }} IS NULL THEN 'no retain_until source'
-{% endif %}
-{% endset %}
 SELECT t.{{ r.key | q }} AS record_key,
-       {% if undecidable | trim %}CASE
-{{ undecidable }}       END{% else %}NULL{% endif %} AS problem,
+       {{ m.problem(r) }} AS problem,
        CASE{% for w in r.windows %} WHEN {{ m.window_anchor(w) }} IS NOT NULL THEN {{ m.window_anchor(w) }}{% endfor %} END AS anchor,
-       CASE{% for w in r.windows %} WHEN {{ m.window_anchor(w) }} IS NOT NULL
-            THEN {{ m.due_within(m.window_anchor(w), w.name, w.intervals) }}{% endfor %} END AS in_window,
+       {{ m.in_window(r) }} AS in_window,
        CASE{% for w in r.windows %} WHEN {{ m.window_anchor(w) }} IS NOT NULL THEN {{ m.plus(m.window_anchor(w), w.period) }}{% endfor %} END AS due_at,
 {% if r.archive and r.archive.source %}
        CASE WHEN {{ m.day(m.plus(m.ts(m.col(r.archive.source)), r.archive.period)) }} > :as_of_date
