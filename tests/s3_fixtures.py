@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from lifecycle.s3_archive import S3Options
+from lifecycle.stores.s3 import S3Options
 
 REGION = "eu-west-3"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}

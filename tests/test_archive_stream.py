@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import insert, select, text
 
 from lifecycle import archiving, rows
-from lifecycle.archive_store import ArchiveError
 from lifecycle.archiving import archive_due, verify_archive
 from lifecycle.rows import _convert, _driver_array, email_digest
+from lifecycle.stores import ArchiveError
 from tests.lifecycle_helpers import POLICY, add, make_run, utc
 
 AS_OF = utc(2026, 11, 25)

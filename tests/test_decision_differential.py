@@ -5,7 +5,7 @@ month ends, 29 February, midnight, one second before and after, the as-of itself
 NULLs, several anchor columns, `latest` and `first` picks, the retain_until source), with holds (by
 key, by email, by restriction request, on a row of a smicer's bundle), bundle rows later than as-of,
 reactivation notices in every state, and on SQLite unreadable timestamps; then, for several as-of
-instants, the verdicts of decide.sql are compared with `decide()`'s on SQLite, PostgreSQL and MariaDB.
+instants, the verdicts of the database (decision.sql) are compared with `decide()`'s on SQLite, PostgreSQL and MariaDB.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from dateutil.relativedelta import relativedelta
 from sqlalchemy import column as sql_column
 from sqlalchemy import insert, inspect, table, text
 
-from lifecycle.decide import DUE, HELD, INVALID, NOTIFY, DecisionStatement, RuleReading, decide, label
-from lifecycle.erasing import rechecks_itself
+from lifecycle.decide import DUE, HELD, INVALID, NOTIFY, VERDICTS, DecisionStatement, RuleReading, decide, label
+from lifecycle.erasing import ERASE_STAGED, rechecks_itself
 from lifecycle.periods import due_anchors, epoch_seconds
 from lifecycle.reactivation import with_notices
 from lifecycle.select import select_candidates
@@ -302,7 +302,7 @@ def _verdict(verdict, reason, anchor, due_at, retain_until) -> tuple:
 
 def _database_verdicts(engine, run, rule) -> dict[int, tuple]:
     decision = DecisionStatement(run, rule)
-    query = statement(engine, "decide.sql", r=decision.context, scope="all")
+    query = statement(engine, VERDICTS, r=decision.context, scope="all")
     with engine.connect() as connection:
         rows = connection.execute(query, decision.params).mappings().all()
     return {
@@ -397,7 +397,7 @@ def _erased_by_erase_statement(engine, run, rule) -> set[int]:
     key = POLICY.tables[rule.table].key
     erase = statement(
         engine,
-        "erase_staged.sql",
+        ERASE_STAGED,
         table=rule.table,
         column=key,
         action="erase",

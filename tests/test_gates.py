@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, create_engine, insert, make_url, text
 
-from lifecycle.gates import GateFailed, validate_frame, validate_sql
+from lifecycle.expectations import GateFailed, validate_frame, validate_sql
 
 AS_OF = 1_764_028_800
 DAY = 86_400
@@ -273,7 +273,7 @@ def test_column_max_of_only_nulls_fails_when_rows_exist():
 
 def test_importing_gates_leaves_great_expectations_unloaded():
     include = Path(__file__).resolve().parents[1] / "include"
-    probe = "import sys, lifecycle.gates; print('great_expectations' in sys.modules)"
+    probe = "import sys, lifecycle.expectations; print('great_expectations' in sys.modules)"
 
     loaded = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env={"PYTHONPATH": str(include)}

@@ -14,7 +14,7 @@ from lifecycle.locks import exclusive
 from lifecycle.mail import SmtpMailer
 from lifecycle.pipeline import NOTIFY, SELECT, run_step
 from lifecycle.store import ensure_lifecycle_tables, make_engine
-from lifecycle_airflow.mail import notices_allowed
+from lifecycle_airflow.mail_config import notices_allowed
 from smtp_fixtures import smtp_client
 from tests.lifecycle_helpers import POLICY, add, exists, make_run, run_rules, scalar, utc
 

@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy import insert
 
 from lifecycle.appschema import create_app_schema
-from lifecycle.archive_store import ArchiveError
 from lifecycle.erasing import ErasureRefused
-from lifecycle.gates import GateFailed
+from lifecycle.expectations import GateFailed
 from lifecycle.pipeline import ARCHIVE, ERASE, GATE, SELECT, VERIFY_ARCHIVE, run_step
 from lifecycle.store import ensure_lifecycle_tables, lifecycle_tables, make_engine
+from lifecycle.stores import ArchiveError
 from tests.lifecycle_helpers import POLICY, add, exists, make_run, run_rules, scalar, utc
 
 AS_OF = utc(2026, 11, 25)

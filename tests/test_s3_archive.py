@@ -14,14 +14,14 @@ import pytest
 from botocore.exceptions import ClientError
 from dateutil.relativedelta import relativedelta
 
-from lifecycle import bucket_check, restore
+from lifecycle import restore
 from lifecycle.appschema import create_app_schema
-from lifecycle.archive_store import ArchiveError, open_archive_store, sha256_of_file
 from lifecycle.erasing import ErasureRefused
-from lifecycle.gates import GateFailed
+from lifecycle.expectations import GateFailed
 from lifecycle.pipeline import ARCHIVE, ERASE, GATE, PURGE, SELECT, VERIFY_ARCHIVE, run_step
-from lifecycle.s3_archive import S3ArchiveStore
 from lifecycle.store import ensure_lifecycle_tables, make_engine
+from lifecycle.stores import ArchiveError, bucket_check, open_archive_store, sha256_of_file
+from lifecycle.stores.s3 import S3ArchiveStore
 from s3_fixtures import CREDENTIALS, REGION, free_port, new_bucket, plain_client, s3_options
 from tests.lifecycle_helpers import POLICY, add, exists, make_run, run_rules, scalar
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from sqlalchemy import Date, TextClause, bindparam, delete, func, insert, select, update
 
-from lifecycle.archive_store import ArchiveError, open_archive_store, sha256_of_file
 from lifecycle.policy import Policy, Rule
 from lifecycle.rows import ArrowConverter, email_strip, key_lines, record_batches
 from lifecycle.run import RunContext, now_utc_naive
 from lifecycle.select import selection_id_of
 from lifecycle.sql import statement
 from lifecycle.step import Step
+from lifecycle.stores import ArchiveError, open_archive_store, sha256_of_file
 
 PART_ROWS = 500_000
 FORMAT_VERSION = 1
@@ -81,7 +81,7 @@ def _retain_dates(connection, run: RunContext, selection_id: int) -> list[date]:
 @dataclass(frozen=True)
 class BatchRows:
     """The rows of one batch: a source's due rows for one retain_until that no verified batch holds,
-    selected in the database by the statements of include/sql/archive_*.sql."""
+    selected in the database by the statements below (BATCH_ROWS and the others)."""
 
     run: RunContext
     source: ArchiveSource
@@ -159,7 +159,7 @@ def _export(rows: BatchRows, scratch: Path) -> Export:
     """Stream the batch's rows from the database into Parquet parts, hashing their keys as they pass."""
     engine, source = rows.run.engine, rows.source
     converter = ArrowConverter.for_table(engine, source.table, source.key)
-    query = rows.statement("archive_rows.sql", columns=converter.columns)
+    query = rows.statement(BATCH_ROWS, columns=converter.columns)
     digest = hashlib.sha256()
     stream = record_batches(engine, query, rows.params(after=FIRST_KEY), converter)
     with _PartWriter(scratch, converter.schema) as parts, closing(stream):
@@ -207,7 +207,7 @@ class _PartWriter:
 def _check_candidates(rows: BatchRows, exported: int) -> None:
     """Every due candidate of the rule's own table has its row in the batch (none was deleted meanwhile)."""
     with rows.run.engine.connect() as connection:
-        expected = connection.execute(rows.statement("archive_candidates.sql"), rows.params()).scalar_one()
+        expected = connection.execute(rows.statement(BATCH_CANDIDATES), rows.params()).scalar_one()
     if exported != expected:
         raise ArchiveError(
             f"{rows.source.table}, retain_until {rows.retain_until}: {exported} rows to archive for {expected} "
@@ -220,8 +220,8 @@ def _index_records(rows: BatchRows, batch_key: str, exported: int) -> None:
     transaction; rows that changed since the export fail it."""
     params = rows.params(batch_key=batch_key, strip=email_strip(rows.run.engine.dialect.name))
     with rows.run.engine.begin() as connection:
-        connection.execute(rows.statement("archive_unindex.sql"), params)
-        indexed = connection.execute(rows.statement("archive_index.sql"), params).rowcount
+        connection.execute(rows.statement(UNINDEX_BATCH), params)
+        indexed = connection.execute(rows.statement(INDEX_BATCH), params).rowcount
         if indexed != exported:
             raise ArchiveError(f"batch {batch_key}: {indexed} rows indexed for {exported} written (changed meanwhile)")
         if rows.run.engine.dialect.name == "postgresql":
@@ -287,7 +287,7 @@ def _record_batch(rule: Rule, store, rows: BatchRows, batch_key: str, export: Ex
 
 def verify_archive(run: RunContext, rule: Rule) -> dict:
     """Check every batch of this run against its manifest and its candidates; only then mark it verified."""
-    from lifecycle.gates import validate_frame
+    from lifecycle.expectations import validate_frame
 
     store = open_archive_store(run.archive_uri, run.s3_options)
     batches = _unverified_batches(run, rule)
@@ -385,3 +385,44 @@ STEPS = {
     "archive": Step("archive", archive_due, _would_archive, "archived", dry_run_columns=("archived",)),
     "verify_archive": Step("verify_archive", verify_archive, _would_verify, "archive_verified"),
 }
+
+
+# The statements this module runs: Jinja templates (lifecycle.sql), importing include/sql/'s macros.
+
+BATCH_CANDIDATES = """\
+{# The candidates a batch of the rule's own table must hold: one row each. #}
+{% import "archive.sql" as m %}
+SELECT COUNT(*)
+  FROM {{ a.candidates }} c
+ WHERE {{ m.due() }}
+   AND {{ m.unarchived(a, "c.record_key") }}
+"""
+
+INDEX_BATCH = """\
+{# Which batch holds each of its rows, with the digest of its subject's email (never the email); in
+   key order, which makes the inserts into the index's primary key sequential. #}
+{% import "archive.sql" as m %}
+INSERT INTO {{ a.archived_records }} (table_name, record_key, batch_key, subject_digest)
+SELECT :table_name, t.{{ a.key | q }}, :batch_key, {{ m.subject_digest(a) }}
+{{ m.batch_rows(a, with_owner=true) }}
+ ORDER BY t.{{ a.key | q }}
+"""
+
+BATCH_ROWS = """\
+{# The rows of an archive batch in key order, after :after (where a stream resumes). #}
+{% import "archive.sql" as m %}
+SELECT {% for column in columns %}t.{{ column | q }}{% if not loop.last %}, {% endif %}{% endfor %}
+
+{{ m.batch_rows(a) }}
+   AND t.{{ a.key | q }} > :after
+ ORDER BY t.{{ a.key | q }}
+"""
+
+UNINDEX_BATCH = """\
+{# A batch's rows indexed under a batch never verified (an interrupted run): indexed again by this one. #}
+{% import "archive.sql" as m %}
+DELETE FROM {{ a.archived_records }}
+ WHERE table_name = :table_name
+   AND record_key IN (SELECT t.{{ a.key | q }}
+{{ m.batch_rows(a) }})
+"""

@@ -1,6 +1,6 @@
 """A rule's decision on its records: due, held, invalid, a notice to send, or not due, as of an instant.
 
-The database decides, set-based (include/sql/decide.sql, bound by `DecisionStatement`); `decide()`
+The database decides, set-based (include/sql/decision.sql's `verdicts`, bound by `DecisionStatement`); `decide()`
 is the reference it must agree with record by record (tests/test_decision_differential.py): the
 rule in plain Python, with calendar arithmetic. Both name what made a record undecidable by table
 and column only."""
@@ -128,7 +128,7 @@ def _retain_until(rule: Rule, values: dict, as_of: datetime) -> date | None:
 
 
 class DecisionStatement:
-    """decide.sql for one rule and run: the template's context and the values it binds."""
+    """The decision of one rule in one run: the context of decision.sql's macros and the values they bind."""
 
     def __init__(self, run, rule: Rule):
         policy = run.policy
@@ -259,9 +259,9 @@ def decide_keys(connection, run, rule: Rule, keys: list[int]) -> list[Decision]:
     """The database's verdicts on the given records, inside the caller's transaction, which holds
     them locked where the database can, so that they stay true until it commits."""
     decision = DecisionStatement(run, rule)
-    lock = statement(run.engine, "lock_records.sql", expanding=("keys",), r=decision.context, scope="keys")
+    lock = statement(run.engine, LOCK_RECORDS, expanding=("keys",), r=decision.context, scope="keys")
     connection.execute(lock, {"keys": keys})
-    query = statement(run.engine, "decide.sql", expanding=("keys",), r=decision.context, scope="keys")
+    query = statement(run.engine, VERDICTS, expanding=("keys",), r=decision.context, scope="keys")
     rows = connection.execute(query, decision.params | {"keys": keys}).mappings()
     return [_decision_of(row) for row in rows]
 
@@ -274,3 +274,29 @@ def _decision_of(row) -> Decision:
     if isinstance(retain_until, str):
         retain_until = date.fromisoformat(retain_until)
     return Decision(row["record_key"], row["verdict"], row["reason"], anchor, due_at, retain_until)
+
+
+# The statements this module runs: Jinja templates (lifecycle.sql), importing include/sql/'s macros.
+
+# A rule's verdicts on its records (decision.sql): `scope` 'all', 'scan', 'keys' or 'staged'.
+VERDICTS = """\
+{% import "decision.sql" as m %}
+{{ m.verdicts(r, scope) }}
+"""
+
+LOCK_RECORDS = """\
+{# Lock a rule's records for the caller's transaction (given keys, or the selection's pending due
+   candidates in a key range), so that what is decided next stays true until it commits. #}
+{% import "decision.sql" as m %}
+{% macro records(r, scope, what) -%}
+SELECT {{ what }} FROM {{ r.table | q }} t
+ WHERE t.{{ r.key | q }} IN {% if scope == 'keys' %}:keys{% else %}({{ m.staged_range(r.candidates) }}){% endif %}
+{%- endmacro %}
+{% if dialect == 'postgresql' %}
+SELECT COUNT(*) FROM ({{ records(r, scope, 't.' ~ (r.key | q)) }} FOR UPDATE OF t) locked
+{% elif dialect == 'mysql' %}
+{{ records(r, scope, 'COUNT(*)') }} FOR UPDATE
+{% else %}
+{{ records(r, scope, 'COUNT(*)') }}
+{% endif %}
+"""

@@ -11,14 +11,14 @@ from urllib.parse import unquote, urlparse
 
 from sqlalchemy import func, insert, select, update
 
-from lifecycle.decide import DecisionStatement
+from lifecycle.decide import LOCK_RECORDS, DecisionStatement
 from lifecycle.policy import Rule
 from lifecycle.reactivation import close_erased_cycles
 from lifecycle.run import RunContext, now_utc_naive
-from lifecycle.s3_archive import S3Options
 from lifecycle.select import selection_id_of
 from lifecycle.sql import statement
 from lifecycle.step import Step
+from lifecycle.stores.s3 import S3Options
 
 # Left in place by a safeguard, which fails the step: the run must not look complete.
 REFUSALS = ("archive not verified", "stored file not erased")
@@ -46,7 +46,7 @@ def erase_due(run: RunContext, rule: Rule) -> dict:
 
 
 def rechecks_itself(rule: Rule) -> bool:
-    """Whether the erase statement re-checks each record itself (_macros.sql's still_due): where the
+    """Whether the erase statement re-checks each record itself (decision.sql's still_due): where the
     decision reads the record's own row only. A bundle's rows go before its smicer, and a parent's row
     is another table's: those rules lock and re-check their records first."""
     return not rule.bundle and not rule.parent
@@ -79,7 +79,7 @@ class _RangeEraser:
 
     def _plan(self, connection) -> None:
         c = self.run.tables.candidates
-        starts = list(self._execute(connection, "erase_ranges.sql", {"size": self.rule.batch_size}).scalars())
+        starts = list(self._execute(connection, RANGE_STARTS, {"size": self.rule.batch_size}).scalars())
         if not starts:
             return
         last = connection.execute(
@@ -105,7 +105,7 @@ class _RangeEraser:
                     self._audit(connection, bounds, table, column, action)
                 done = self._execute(
                     connection,
-                    "erase_staged.sql",
+                    ERASE_STAGED,
                     self.decision.params | bounds,
                     table=table,
                     column=column,
@@ -125,7 +125,7 @@ class _RangeEraser:
     def _recheck(self, connection, bounds: dict, check: str) -> None:
         if check == "due" and self.run.engine.dialect.name != "postgresql":
             # There, the re-check's own statement locks them.
-            self._execute(connection, "lock_records.sql", bounds, r=self.decision.context, scope="staged")
+            self._execute(connection, LOCK_RECORDS, bounds, r=self.decision.context, scope="staged")
         policy = self.run.policy
         archived_members = [
             {"table": table, "key": policy.tables[table].key, "link": column}
@@ -133,7 +133,7 @@ class _RangeEraser:
             if action == "erase"
         ]
         context = {"r": self.decision.context, "scope": "staged", "archived_members": archived_members}
-        self._execute(connection, "erase_recheck.sql", self.decision.params | bounds, check=check, **context)
+        self._execute(connection, RECHECK, self.decision.params | bounds, check=check, **context)
 
     def _targets(self) -> list[tuple[str, str, str]]:
         """(table, column matched to the candidates, action): a bundle's members first, the rule's table last."""
@@ -155,13 +155,13 @@ class _RangeEraser:
             "as_of": run.as_of_naive,
         }
         key = run.policy.tables[table].key
-        self._execute(connection, "erase_audit.sql", params, table=table, key=key, column=column)
+        self._execute(connection, AUDIT_BUNDLE_ROWS, params, table=table, key=key, column=column)
 
     def _erase_stored_files(self, connection, bounds: dict) -> None:
         """Erase each record's stored file first; a record whose file cannot be erased stays."""
         spec = self.run.policy.tables[self.rule.table]
         stored = self._execute(
-            connection, "stored_files.sql", bounds, table=self.rule.table, key=spec.key, column=self.rule.stored_file
+            connection, STORED_FILES, bounds, table=self.rule.table, key=spec.key, column=self.rule.stored_file
         ).all()
         failed = [key for key, location in stored if not erase_stored_file(location, self.run.s3_options)]
         if failed:
@@ -235,7 +235,7 @@ def verify_erased(run: RunContext, rule: Rule) -> dict:
     bundle's rows stays linked to its erased smicer."""
     import pandas
 
-    from lifecycle.gates import validate_frame
+    from lifecycle.expectations import validate_frame
 
     names = {name: run.tables.qualified(getattr(run.tables, name)) for name in ("erasures", "candidates")}
     checks = [(rule.table, run.policy.tables[rule.table].key)]
@@ -245,7 +245,7 @@ def verify_erased(run: RunContext, rule: Rule) -> dict:
     with run.engine.connect() as connection:
         remaining = {
             f"remaining_in_{table}": connection.execute(
-                statement(run.engine, "gate_erased_remaining.sql", **names, table=table, column=column), selection
+                statement(run.engine, ERASED_REMAINING, **names, table=table, column=column), selection
             ).scalar_one()
             for table, column in checks
         }
@@ -277,3 +277,125 @@ STEPS = {
         "verify_erase", verify_erased, lambda scratch: {"checked_records": scratch.counts["due"]}, "erase_verified"
     ),
 }
+
+
+# The statements this module runs: Jinja templates (lifecycle.sql), importing include/sql/'s macros.
+
+RANGE_STARTS = """\
+{# The first key of every `size` due candidates of a selection: where the key ranges of its erase
+   transactions start. #}
+SELECT x.record_key
+  FROM (SELECT c.record_key, ROW_NUMBER() OVER (ORDER BY c.record_key) AS position
+          FROM {{ candidates }} c
+         WHERE c.selection_id = :selection_id AND c.decision = 'due') x
+ WHERE (x.position - 1) % :size = 0
+ ORDER BY x.record_key
+"""
+
+RECHECK = """\
+{# The erase transaction's re-checks of its key range. 'due' (a rule whose erase statement cannot
+   re-check for itself, see rechecks_itself), its records locked: the due candidates the database no longer
+   finds due now are left in place (marked skipped: gone, or no longer due). 'gone' before the erase
+   statement and 'kept' after it, for the others: candidates whose record was gone before, or is still
+   there after. 'archive': those still due without the verified archive copy their rule needs. What
+   stays pending is what the transaction erases. #}
+{% import "decision.sql" as m %}
+{% set in_range %}
+selection_id = :selection_id AND decision = 'due' AND state = 'pending'
+   AND record_key >= :key_from AND record_key < :key_to
+{% endset %}
+{% if check == 'due' %}
+UPDATE {{ r.candidates }}
+   SET state = 'skipped',
+       reason = CASE WHEN EXISTS (SELECT 1 FROM {{ r.table | q }} t
+                                   WHERE t.{{ r.key | q }} = {{ r.candidates }}.record_key)
+                     THEN 'no longer due' ELSE 'gone before erasure' END
+ WHERE {{ in_range }}
+   AND record_key NOT IN (SELECT v.record_key FROM ({{ m.verdicts(r, scope) }}) v WHERE v.verdict = 'due')
+{% elif check in ('gone', 'kept') %}
+UPDATE {{ r.candidates }}
+   SET state = 'skipped', reason = '{{ 'gone before erasure' if check == 'gone' else 'no longer due' }}'
+ WHERE {{ in_range }}
+   AND {{ 'NOT' if check == 'gone' }} EXISTS (SELECT 1 FROM {{ r.table | q }} t
+                   WHERE t.{{ r.key | q }} = {{ r.candidates }}.record_key
+                     AND t.{{ r.key | q }} >= :key_from AND t.{{ r.key | q }} < :key_to)
+{% else %}
+{% macro verified(table, key_expression, in_key_range=false) -%}
+EXISTS (SELECT 1 FROM {{ archived_records }} ar JOIN {{ archive_batches }} ab ON ab.batch_key = ar.batch_key
+         WHERE ar.table_name = '{{ table }}' AND ar.record_key = {{ key_expression }} AND ab.verified_at IS NOT NULL
+{% if in_key_range %}
+           AND ar.record_key >= :key_from AND ar.record_key < :key_to
+{% endif %}
+        )
+{%- endmacro %}
+{# A record, and each row of its bundle erased with it, needs its verified copy. #}
+UPDATE {{ r.candidates }} SET state = 'skipped', reason = 'archive not verified'
+ WHERE {{ in_range }} AND retain_until IS NOT NULL
+   AND (NOT {{ verified(r.table, r.candidates ~ '.record_key', in_key_range=true) }}
+{% for member in archived_members %}
+        OR EXISTS (SELECT 1 FROM {{ member.table | q }} bm
+                    WHERE bm.{{ member.link | q }} = {{ r.candidates }}.record_key
+                      AND NOT {{ verified(member.table, 'bm.' ~ (member.key | q)) }})
+{% endfor %}
+       )
+{% endif %}
+"""
+
+ERASE_STAGED = """\
+{# What one erase transaction does to the rows of a table whose `column` (the key, or a bundle
+   member's link to its smicer) is a due candidate of its key range not left in place: `delete`
+   them, or `pseudonymise` a bundle member's rows (the link to the smicer set to NULL).
+   `recheck`: the rule's own records, deleted only where still due (decision.sql's still_due), the
+   statement's own re-check in place of a locked one before it. #}
+{% import "decision.sql" as m %}
+{% if action == 'pseudonymise' %}
+UPDATE {{ table | q }} AS t SET {{ column | q }} = NULL
+{% elif dialect == 'mysql' %}
+DELETE t FROM {{ table | q }} t
+{% else %}
+DELETE FROM {{ table | q }} AS t
+{% endif %}
+ WHERE t.{{ column | q }} >= :key_from AND t.{{ column | q }} < :key_to
+   AND t.{{ column | q }} IN ({{ m.staged_range(candidates) }})
+{% if recheck %}
+   AND {{ m.still_due(r) }}
+{% endif %}
+"""
+
+AUDIT_BUNDLE_ROWS = """\
+{# One audit event per row of a smicer's bundle one erase transaction erases or pseudonymises with
+   them, written by the database before the rows go: run, rule, action, table, key, policy version,
+   and the verified archive batch holding the row's copy, if any. (The erased records themselves
+   are audited by their erasure: see lifecycle.store's AUDIT_TRAIL_VIEW.) #}
+{% import "decision.sql" as m %}
+INSERT INTO {{ audit }}
+       (recorded_at, dag_id, run_id, rule, action, table_name, record_key, policy_version, archive_batch, as_of)
+SELECT :recorded_at, :dag_id, :run_id, :rule_id, :action, :table_name, x.{{ key | q }}, :policy_version,
+       ar.batch_key, :as_of
+  FROM {{ table | q }} x
+  LEFT JOIN {{ archived_records }} ar ON ar.table_name = :table_name AND ar.record_key = x.{{ key | q }}
+ WHERE x.{{ column | q }} IN ({{ m.staged_range(candidates) }})
+"""
+
+ERASED_REMAINING = """\
+{# How many rows are still present (or still linked to their smicer) although recorded as erased:
+   due candidates of a done erasure's key range not left in place. Counted range by range, the
+   table's rows in the range first: once erased, few remain there to look up among the candidates. #}
+SELECT COALESCE(SUM((
+         SELECT COUNT(*)
+           FROM {{ table | q }} x
+           JOIN {{ candidates }} c ON c.selection_id = e.selection_id AND c.record_key = x.{{ column | q }}
+          WHERE x.{{ column | q }} >= e.key_from AND x.{{ column | q }} < e.key_to
+            AND c.record_key >= e.key_from AND c.record_key < e.key_to
+            AND c.decision = 'due' AND c.state = 'pending')), 0)
+  FROM {{ erasures }} e
+ WHERE e.selection_id = :selection_id AND e.recorded_at IS NOT NULL
+"""
+
+STORED_FILES = """\
+{# The stored files (scans) of the records one erase transaction is about to erase. #}
+{% import "decision.sql" as m %}
+SELECT {{ key | q }} AS record_key, {{ column | q }} AS location
+  FROM {{ table | q }}
+ WHERE {{ key | q }} IN ({{ m.staged_range(candidates) }})
+"""

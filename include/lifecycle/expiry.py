@@ -10,13 +10,13 @@ from datetime import date
 
 from sqlalchemy import insert, select, update
 
-from lifecycle.archive_store import ArchiveError, open_archive_store
 from lifecycle.periods import utc_date
 from lifecycle.policy import Rule
 from lifecycle.rows import email_digest
 from lifecycle.run import RunContext, now_utc_naive
 from lifecycle.sql import statement
 from lifecycle.step import Step
+from lifecycle.stores import ArchiveError, open_archive_store
 
 
 def purge_expired(run: RunContext, rule: Rule) -> dict:
@@ -47,7 +47,7 @@ def purge_expired(run: RunContext, rule: Rule) -> dict:
 
 def _held_subjects(run: RunContext) -> tuple[set[str], set[tuple[str, int]]]:
     """Digests of the emails held now, and the records held by an operator's legal hold."""
-    query = statement(run.engine, "held_emails.sql", r={"holds": _holds_context(run)})
+    query = statement(run.engine, HELD_EMAILS, r={"holds": _holds_context(run)})
     params = _holds_params(run)
     holds = run.tables.legal_holds
     with run.engine.connect() as connection:
@@ -116,3 +116,12 @@ def _record_purge(run: RunContext, rule: Rule, batch_key: str) -> None:
 
 # In a dry run, the purge itself counts what it would purge and writes nothing.
 STEPS = {"purge": Step("purge", purge_expired, None, None, dry_run_columns=("purged",))}
+
+
+# The statements this module runs: Jinja templates (lifecycle.sql), importing include/sql/'s macros.
+
+HELD_EMAILS = """\
+{# The trimmed, lower-cased emails held now (open restriction requests, active legal holds). #}
+{% import "decision.sql" as m %}
+{{ m.held_emails(r.holds) }}
+"""

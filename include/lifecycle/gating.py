@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
-from lifecycle.gates import GateFailed
+from lifecycle.expectations import GateFailed
 from lifecycle.periods import epoch_seconds
 from lifecycle.policy import Rule
 from lifecycle.run import RunContext
@@ -48,7 +48,7 @@ class Volume:
 
 
 def candidate_expectations(as_of_epoch: int) -> list[dict]:
-    """The gate's expectations on the summary of the staged candidates (include/sql/gate_candidates.sql)."""
+    """The gate's expectations on the summary of the staged candidates (CANDIDATES_SUMMARY)."""
     nothing = {"type": "expect_column_values_to_be_between", "min_value": 0, "max_value": 0}
     return [
         {"type": "expect_column_pair_values_to_be_equal", "column_A": "candidates", "column_B": "distinct_keys"},
@@ -65,9 +65,9 @@ def check_candidates(connection, run: RunContext, rule: Rule, selection_id: int)
     """Great Expectations on the staged candidates, summed up by the database; raises GateFailed."""
     import pandas
 
-    from lifecycle.gates import validate_frame
+    from lifecycle.expectations import validate_frame
 
-    query = statement(run.engine, "gate_candidates.sql", candidates=run.tables.qualified(run.tables.candidates))
+    query = statement(run.engine, CANDIDATES_SUMMARY, candidates=run.tables.qualified(run.tables.candidates))
     summary = connection.execute(query, {"selection_id": selection_id}).mappings().one()
     validation = validate_frame(
         pandas.DataFrame([dict(summary)], dtype="Int64"),
@@ -111,7 +111,7 @@ def staged_sample(run: RunContext, rule: Rule, size: int) -> list[int]:
 
 
 def _acted_on(candidates, selection_id: int):
-    """The staged candidates a rule acts on: records due, notices to send (as gate_candidates.sql)."""
+    """The staged candidates a rule acts on: records due, notices to send (as CANDIDATES_SUMMARY)."""
     return (candidates.c.selection_id == selection_id) & candidates.c.decision.in_(("due", "notify"))
 
 
@@ -150,3 +150,21 @@ STEPS = {
     "gate": Step("gate", gate_candidates, _would_gate, "gated"),
     "approve": Step("approve", require_volume_approval, _would_approve, "approved"),
 }
+
+
+# The statements this module runs: Jinja templates (lifecycle.sql), importing include/sql/'s macros.
+
+CANDIDATES_SUMMARY = """\
+{# What the Great Expectations gate checks of the staged candidates one selection acts on (records
+   due, notices to send), summed up by the database in one row: keys unique, every anchor and due
+   instant present, every due instant on or after its anchor, the latest of each on or before as-of. #}
+SELECT COUNT(*) AS candidates,
+       COUNT(DISTINCT record_key) AS distinct_keys,
+       COALESCE(SUM(CASE WHEN anchor_epoch IS NULL THEN 1 ELSE 0 END), 0) AS missing_anchors,
+       COALESCE(SUM(CASE WHEN due_epoch IS NULL THEN 1 ELSE 0 END), 0) AS missing_due_instants,
+       COALESCE(SUM(CASE WHEN due_epoch < anchor_epoch THEN 1 ELSE 0 END), 0) AS due_before_anchor,
+       MAX(anchor_epoch) AS latest_anchor,
+       MAX(due_epoch) AS latest_due
+  FROM {{ candidates }}
+ WHERE selection_id = :selection_id AND decision IN ('due', 'notify')
+"""

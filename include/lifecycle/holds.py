@@ -1,5 +1,5 @@
 """An operator's legal holds: placed by email or by table and key, with a reason and an optional end
-date; lifted; listed. An active hold keeps what it reaches from every rule (include/sql/_macros.sql);
+date; lifted; listed. An active hold keeps what it reaches from every rule (include/sql/decision.sql);
 once it is lifted, or its `until` date has come, the next run acts on those records again.
 
 The address is stored trimmed and lower-cased, as the rules compare it, and nowhere else: errors

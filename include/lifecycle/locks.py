@@ -30,13 +30,13 @@ def exclusive(engine: Engine, name: str, wait_seconds: float = 10) -> Iterator[b
         return
     params = {"name": name, "key": int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)}
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        take = statement(engine, "try_lock.sql")
+        take = statement(engine, TRY_LOCK)
         held = _first_success(lambda: connection.execute(take, params).scalar() == 1, wait_seconds)
         try:
             yield held
         finally:
             if held:
-                connection.execute(statement(engine, "release_lock.sql"), params)
+                connection.execute(statement(engine, RELEASE_LOCK), params)
 
 
 def _flock(handle) -> bool:
@@ -54,3 +54,23 @@ def _first_success(attempt: Callable[[], bool], wait_seconds: float) -> bool:
             return False
         time.sleep(0.2)
     return True
+
+
+# The statements this module runs: Jinja templates (lifecycle.sql), importing include/sql/'s macros.
+
+TRY_LOCK = """\
+{# Take a named lock for this session if it is free; the database releases it when the session ends. #}
+{% if dialect == 'postgresql' %}
+SELECT pg_try_advisory_lock(:key)
+{% else %}
+SELECT GET_LOCK(:name, 0)
+{% endif %}
+"""
+
+RELEASE_LOCK = """\
+{% if dialect == 'postgresql' %}
+SELECT pg_advisory_unlock(:key)
+{% else %}
+SELECT RELEASE_LOCK(:name)
+{% endif %}
+"""

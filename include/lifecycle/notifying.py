@@ -31,6 +31,7 @@ from lifecycle.policy import Rule
 from lifecycle.reactivation import (
     CANDIDATE_STATE,
     DEFERRED,
+    FETCH_ROWS,
     NOTIFY,
     PENDING,
     SENT,
@@ -225,7 +226,7 @@ class _NoticeSender:
         notice = self.rule.notice
         query = statement(
             self.run.engine,
-            "fetch_rows.sql",
+            FETCH_ROWS,
             expanding=("keys",),
             table=self.rule.table,
             columns=[spec.key, spec.email, notice.first_name, notice.locale],
@@ -269,7 +270,7 @@ def _would_notify(scratch) -> dict:
     spec = run.policy.tables[rule.table]
     query = statement(
         run.engine,
-        "staged_emails.sql",
+        STAGED_EMAILS,
         table=rule.table,
         key=spec.key,
         email=spec.email,
@@ -292,3 +293,13 @@ STEPS = {
         dry_run_columns=("notices_due", "emailed", "undeliverable"),
     )
 }
+
+
+# The statements this module runs: Jinja templates (lifecycle.sql), importing include/sql/'s macros.
+
+STAGED_EMAILS = """\
+{# The addresses of a selection's notices to send: what a dry run checks for deliverability. #}
+SELECT t.{{ email | q }} FROM {{ table | q }} t
+  JOIN {{ candidates }} c ON c.record_key = t.{{ key | q }}
+ WHERE c.selection_id = :selection_id AND c.decision = 'notify'
+"""

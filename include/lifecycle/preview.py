@@ -103,7 +103,7 @@ class ScratchSelection:
         """Rows of `table` whose `column` is a due candidate's key (of one retain_until, if given)."""
         query = statement(
             self.run.engine,
-            "count_staged_rows.sql",
+            COUNT_STAGED_ROWS,
             table=table,
             column=column,
             candidates=self.run.tables.qualified(self.run.tables.candidates),
@@ -111,3 +111,18 @@ class ScratchSelection:
         )
         params = {"selection_id": self.selection_id, "retain_until": retain_until}
         return self.connection.execute(query, params).scalar_one()
+
+
+# The statements this module runs: Jinja templates (lifecycle.sql), importing include/sql/'s macros.
+
+COUNT_STAGED_ROWS = """\
+{# The rows of a table whose `column` (its key, or a bundle member's link to its smicer) is a due
+   candidate of a selection, of one retain_until if asked: what a dry run would archive or erase. #}
+SELECT COUNT(*) FROM {{ table | q }} x
+ WHERE x.{{ column | q }} IN (SELECT c.record_key FROM {{ candidates }} c
+                               WHERE c.selection_id = :selection_id AND c.decision = 'due'
+{% if by_retain_until %}
+                                 AND c.retain_until = :retain_until
+{% endif %}
+                             )
+"""

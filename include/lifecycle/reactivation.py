@@ -238,7 +238,7 @@ class NoticeLedger:
         columns = [ref.column for window in self.rule.windows for ref in window.columns]
         query = statement(
             self.run.engine,
-            "fetch_rows.sql",
+            FETCH_ROWS,
             expanding=("keys",),
             table=self.rule.table,
             columns=[spec.key, *columns],
@@ -303,3 +303,15 @@ def notice_report(connection, run: RunContext, rule: Rule, selection_id: int) ->
         "responded": responded,
         "notices_open": notices_open,
     }
+
+
+# The statements this module runs: Jinja templates (lifecycle.sql), importing include/sql/'s macros.
+
+FETCH_ROWS = """\
+{# Whole rows to archive, matched on their key or on the link to their owner. #}
+SELECT {% for column in columns %}{{ column | q }}{% if not loop.last %}, {% endif %}{% endfor %}
+
+  FROM {{ table | q }}
+ WHERE {{ match | q }} IN :keys
+ ORDER BY {{ key | q }}
+"""

@@ -26,11 +26,11 @@ from urllib.parse import unquote, urlparse
 
 from sqlalchemy import select
 
-from lifecycle.archive_store import MANIFEST, ArchiveError, open_archive_store, sha256_of_file
 from lifecycle.rows import email_digest
 from lifecycle.run import now_utc_naive
-from lifecycle.s3_archive import DEFAULT_REGION, RESTORE_TIERS, S3Options
 from lifecycle.store import lifecycle_tables
+from lifecycle.stores import MANIFEST, ArchiveError, open_archive_store, sha256_of_file
+from lifecycle.stores.s3 import DEFAULT_REGION, RESTORE_TIERS, S3Options
 
 PENDING_EXIT = 75
 

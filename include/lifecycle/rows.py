@@ -12,13 +12,13 @@ from datetime import date
 
 from sqlalchemy import Engine, TextClause, inspect, types
 
-from lifecycle.archive_store import ArchiveError
 from lifecycle.periods import MalformedValue, to_utc
+from lifecycle.stores import ArchiveError
 
 # Rows a server-side cursor hands over at a time, and bytes of PostgreSQL's CSV read at a time: one
 # record batch each, so memory stays flat whatever the number of rows.
 CURSOR_ROWS = 20_000
-CSV_BLOCK_BYTES = 4 << 20
+CSV_BLOCK_BYTES = 1 << 20
 # Every character str.strip() strips: those str.isspace() calls whitespace (a test checks it).
 BLANKS = (
     "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
@@ -34,16 +34,21 @@ def email_digest(email: object) -> str | None:
 
 
 def email_strip(dialect: str) -> str:
-    """What the SQL twin of email_digest (include/sql/archive_macros.sql) strips, as str.strip() does:
+    """What the SQL twin of email_digest (include/sql/archive.sql) strips, as str.strip() does:
     the characters for PostgreSQL's btrim, a pattern for MariaDB's REGEXP_REPLACE."""
     return BLANKS if dialect == "postgresql" else f"^[{BLANKS}]+|[{BLANKS}]+$"
 
 
-def key_lines(keys) -> bytes:
-    """Record keys as the records digest of a batch reads them: each in decimal, then a newline."""
+def key_lines(keys) -> bytes | memoryview:
+    """Record keys as the records digest of a batch reads them: each in decimal, then a newline. Arrow
+    writes them into one buffer, read in place (no Python object per key)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    return "".join(f"{key}\n" for key in keys.cast(pa.string()).to_pylist()).encode()
+    if len(keys) == 0:
+        return b""
+    lines = pc.binary_join_element_wise(keys.cast(pa.string()), "", "\n")  # a new array: its data starts at 0
+    return memoryview(lines.buffers()[2])[: pc.sum(pc.binary_length(lines)).as_py()]
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,7 @@ def record_batches(engine: Engine, query: TextClause, params: dict, converter: A
     `query` orders its rows by the converter's key and keeps those after `:after`. On PostgreSQL they
     come through COPY read by pyarrow.csv; from a value that reader refuses (an infinite timestamp, a
     year after 9999) on, and on the other databases, through a server-side cursor."""
+    _release_freed_memory()
     if engine.dialect.name == "postgresql":
         try:
             for batch in _copy_batches(engine, query, params, converter):
@@ -156,6 +162,17 @@ def record_batches(engine: Engine, query: TextClause, params: dict, converter: A
         except _CsvRefused:
             pass
     yield from _cursor_batches(engine, query, params, converter)
+
+
+def _release_freed_memory() -> None:
+    """Arrow's allocations from jemalloc where pyarrow has it: its default (mimalloc) keeps what an
+    export frees, some 30 MB more at the peak of one (scripts/benchmark's peak MB)."""
+    import pyarrow as pa
+
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+    except NotImplementedError:
+        pass
 
 
 def _cursor_batches(engine: Engine, query: TextClause, params: dict, converter: ArrowConverter) -> Iterator:
@@ -183,7 +200,9 @@ def _copy_batches(engine: Engine, query: TextClause, params: dict, converter: Ar
         try:
             reader = csv.open_csv(
                 pipe.source,
-                read_options=csv.ReadOptions(column_names=converter.columns, block_size=CSV_BLOCK_BYTES),
+                read_options=csv.ReadOptions(
+                    column_names=converter.columns, block_size=CSV_BLOCK_BYTES, use_threads=False
+                ),
                 parse_options=csv.ParseOptions(newlines_in_values=True),
                 convert_options=csv.ConvertOptions(
                     column_types=converter.csv_schema,

@@ -16,7 +16,7 @@ from lifecycle.report_paths import run_report_dir
 from lifecycle.store import LifecycleTables, lifecycle_tables
 
 if TYPE_CHECKING:
-    from lifecycle.s3_archive import S3Options
+    from lifecycle.stores.s3 import S3Options
 
 
 @dataclass(frozen=True)

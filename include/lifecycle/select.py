@@ -17,10 +17,10 @@ INVALID_LISTED = 200
 
 
 def stage_decisions(connection, run: RunContext, rule: Rule, selection_id: int, *, retried: bool = False) -> None:
-    """decide.sql's verdicts, all but 'not_due', into the selection's candidates (include/sql/stage_candidates.sql);
+    """The decision's verdicts, all but 'not_due', into the selection's candidates (STAGE_DECISIONS);
     `retried`: the selection may keep rows of an earlier try, which stay as they are."""
     decision = DecisionStatement(run, rule)
-    query = statement(run.engine, "stage_candidates.sql", r=decision.context, scope="scan", retried=retried)
+    query = statement(run.engine, STAGE_DECISIONS, r=decision.context, scope="scan", retried=retried)
     connection.execute(query, decision.params | {"selection_id": selection_id})
     if run.engine.dialect.name == "postgresql":
         # The planner must see the staged rows: it would join a million of them as if there were one.
@@ -41,7 +41,7 @@ def selection_counts(connection, run: RunContext, rule: Rule, selection_id: int)
     counts["to_archive"] = by_decision.get(DUE, (0, 0))[1]
     if rule.action == "reactivate":
         counts[NOTIFY] = by_decision.get(NOTIFY, (0, 0))[0]
-    counts["table_rows"] = connection.execute(statement(run.engine, "count_rows.sql", table=rule.table)).scalar_one()
+    counts["table_rows"] = connection.execute(statement(run.engine, COUNT_ROWS, table=rule.table)).scalar_one()
     counts["invalid_records"] = invalid_records(connection, run, rule, selection_id)
     return counts
 
@@ -140,3 +140,25 @@ def _would_select(scratch) -> dict:
 
 
 STEPS = {"select": Step("select", select_candidates, _would_select, "selected")}
+
+
+# The statements this module runs: Jinja templates (lifecycle.sql), importing include/sql/'s macros.
+
+STAGE_DECISIONS = """\
+{# The select step: stage the rule's decisions (all but 'not_due') for a selection in one
+   statement; `retried`: a record an earlier try already acted on (emailed) keeps its row. #}
+{% import "decision.sql" as m %}
+INSERT INTO {{ r.candidates }}
+       (selection_id, record_key, decision, reason, anchor_epoch, due_epoch, retain_until, state)
+SELECT :selection_id, x.record_key, x.verdict, x.reason, x.anchor_epoch, x.due_epoch, x.retain_until, 'pending'
+  FROM ({{ m.verdicts(r, scope) }}) x
+ WHERE x.verdict <> 'not_due'
+{% if retried %}
+   AND NOT EXISTS (SELECT 1 FROM {{ r.candidates }} kept
+                    WHERE kept.selection_id = :selection_id AND kept.record_key = x.record_key)
+{% endif %}
+"""
+
+COUNT_ROWS = """\
+SELECT COUNT(*) FROM {{ table | q }}
+"""

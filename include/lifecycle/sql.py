@@ -1,5 +1,6 @@
-"""The statements of include/sql/: Jinja templates whose identifiers come only from the validated
-policy (quoted by the database's own rules) and whose values are always bound parameters."""
+"""Statements as Jinja templates, each kept in the module that runs it, importing the macro libraries
+of include/sql/ (decision.sql: the decision; archive.sql: an archive batch's rows). Identifiers come
+only from the validated policy (quoted by the database's own rules); values are always bound parameters."""
 
 from __future__ import annotations
 
@@ -29,13 +30,18 @@ def _environment(dialect_name: str):
     return environment
 
 
-def render(engine: Engine, name: str, **context) -> str:
-    return _environment(engine.dialect.name).get_template(name).render(**context)
+@cache
+def _template(dialect_name: str, source: str):
+    return _environment(dialect_name).from_string(source)
 
 
-def statement(engine: Engine, name: str, *, expanding: tuple[str, ...] = (), **context) -> TextClause:
-    """A bound statement from a template; `expanding` names the list parameters (IN :keys)."""
-    clause = text(render(engine, name, **context))
+def render(engine: Engine, source: str, **context) -> str:
+    return _template(engine.dialect.name, source).render(**context)
+
+
+def statement(engine: Engine, source: str, *, expanding: tuple[str, ...] = (), **context) -> TextClause:
+    """A bound statement from a template's source; `expanding` names the list parameters (IN :keys)."""
+    clause = text(render(engine, source, **context))
     if expanding:
         clause = clause.bindparams(*(bindparam(param, expanding=True) for param in expanding))
     return clause

@@ -13,7 +13,7 @@ from email.utils import make_msgid
 from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
 from lifecycle.mail import OutboxMailer
-from lifecycle_airflow.mail import SMTP_CONN_ID, mailer_and_sender, outbox_dir
+from lifecycle_airflow.mail_config import SMTP_CONN_ID, mailer_and_sender, outbox_dir
 
 ALERT_VARIABLE = "lifecycle_alert_email"
 TASK_DETAILS = """<ul>

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from lifecycle.app_database import APP_CONN_ID, connection_url, data_dir, default_app_url
 
 if TYPE_CHECKING:
-    from lifecycle.s3_archive import S3Options
+    from lifecycle.stores.s3 import S3Options
 
 AWS_CONN_ID = "aws_default"
 ARCHIVE_VARIABLE = "lifecycle_archive_uri"
@@ -62,7 +62,7 @@ def archive_s3_options(uri: str) -> S3Options:
     of the connection `aws_default` (it also erases identity-document scans stored on S3)."""
     from airflow.sdk import Variable
 
-    from lifecycle.s3_archive import S3Options
+    from lifecycle.stores.s3 import S3Options
 
     if not uri.startswith("s3://"):
         return S3Options(client_factory=s3_client)
@@ -85,7 +85,7 @@ def s3_client(botocore_config):
     calls, here with that merged botocore config."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    from lifecycle.s3_archive import DEFAULT_REGION
+    from lifecycle.stores.s3 import DEFAULT_REGION
 
     hook = S3Hook(aws_conn_id=AWS_CONN_ID)
     return hook.get_client_type(

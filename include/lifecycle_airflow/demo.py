@@ -24,7 +24,7 @@ from lifecycle.demo.seed import seed_demo
 from lifecycle.policy import load_policy
 from lifecycle.reporting import COLUMNS, NOTICE_COLUMNS
 from lifecycle.store import lifecycle_tables, make_engine
-from lifecycle_airflow import config, mail
+from lifecycle_airflow import config, mail_config
 from lifecycle_airflow.capture import output_to
 
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                 dag_ids, as_of + timedelta(days=args.follow_up_days), airflow_output, data, volume_approved=True
             )
     print(
-        f"\nArchive: {data / 'archive'}\nReports: {data / 'reports'}\nOutbox: {mail.outbox_dir()}"
+        f"\nArchive: {data / 'archive'}\nReports: {data / 'reports'}\nOutbox: {mail_config.outbox_dir()}"
         f"\nAirflow output: {log}"
     )
     if failed:
@@ -107,10 +107,10 @@ def _run_pass(
         f"\nRunning every retention DAG for as-of {as_of:%Y-%m-%d}{approval} "
         f"(dag.test; Airflow's output in {airflow_output.name})"
     )
-    sent_before = set(mail.outbox_dir().glob("*.eml"))
+    sent_before = set(mail_config.outbox_dir().glob("*.eml"))
     failed = _run_dags(dag_ids, as_of, airflow_output, {"volume_approved": volume_approved})
     _print_summary(data / "reports", dag_ids, as_of)
-    _print_notices(sorted(set(mail.outbox_dir().glob("*.eml")) - sent_before))
+    _print_notices(sorted(set(mail_config.outbox_dir().glob("*.eml")) - sent_before))
     return failed
 
 
@@ -136,7 +136,7 @@ def _print_notices(files: list[Path]) -> None:
     """The notices of a pass, by file, language and subject (the recipient's address stays in the file)."""
     from email import message_from_bytes, policy
 
-    print(f"\nReactivation notices in the outbox: {len(files)} new in {mail.outbox_dir()}")
+    print(f"\nReactivation notices in the outbox: {len(files)} new in {mail_config.outbox_dir()}")
     for path in files:
         message = message_from_bytes(path.read_bytes(), policy=policy.default)
         print(f"  {path.name}  [{message['Content-Language']}]  {message['Subject']}")

@@ -70,10 +70,10 @@ def run_rule_step(rule_id: str, step_name: str) -> dict:
     """One step of one rule. A failed gate or a refused erasure fails the task without retry."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from lifecycle.archive_store import ArchiveError
     from lifecycle.erasing import ErasureRefused
-    from lifecycle.gates import GateFailed
+    from lifecycle.expectations import GateFailed
     from lifecycle.pipeline import NOTIFY, run_step, steps_for
+    from lifecycle.stores import ArchiveError
 
     run = run_context()
     rule = run.policy.rule(rule_id)
@@ -101,7 +101,7 @@ def _with_mail(run):
 
     from airflow.sdk import get_current_context
 
-    from lifecycle_airflow.mail import mailer_and_sender, notice_settings, notices_allowed
+    from lifecycle_airflow.mail_config import mailer_and_sender, notice_settings, notices_allowed
 
     mailer, sender = mailer_and_sender()
     run_type = get_current_context()["dag_run"].run_type
@@ -142,8 +142,8 @@ def restore_evidence(params):
     from airflow.sdk import PokeReturnValue
     from airflow.sdk.exceptions import AirflowFailException
 
-    from lifecycle.archive_store import open_archive_store
     from lifecycle.restore import restore_batches
+    from lifecycle.stores import open_archive_store
 
     try:
         requested = _restore_request(params)

@@ -15,7 +15,7 @@ from lifecycle.appschema import create_app_schema
 from lifecycle.store import make_engine
 from tests.lifecycle_helpers import CANARY, add
 
-# Notices go out only for a current as-of (lifecycle_airflow.mail.NOTICE_LATENESS): today's.
+# Notices go out only for a current as-of (lifecycle_airflow.mail_config.NOTICE_LATENESS): today's.
 AS_OF = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 LOGIN_URL = "https://smice.example/login"
 CANARY_EMAIL = "zebulon.quintessenza@canary-pii.example"

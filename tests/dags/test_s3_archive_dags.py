@@ -14,8 +14,8 @@ from dateutil.relativedelta import relativedelta
 
 from airflow_harness import PROJECT, run_dag, task_states, xcoms
 from lifecycle.appschema import create_app_schema
-from lifecycle.archive_store import sha256_of_file
 from lifecycle.store import make_engine
+from lifecycle.stores import sha256_of_file
 from s3_fixtures import CREDENTIALS, REGION
 from tests.lifecycle_helpers import add, exists
 

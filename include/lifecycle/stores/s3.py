@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from lifecycle.archive_store import MANIFEST, ArchiveError
+from lifecycle.stores import MANIFEST, ArchiveError
 
 STORAGE_CLASSES = ("DEEP_ARCHIVE", "GLACIER", "GLACIER_IR")
 RESTORABLE_CLASSES = ("DEEP_ARCHIVE", "GLACIER")

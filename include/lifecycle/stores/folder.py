@@ -1,34 +1,14 @@
-"""Where archive batches live: `file:///abs/dir` here, `s3://bucket/prefix` in s3_archive.py; the
-format is that of CONTRACTS.md: Parquet parts (zstd) and a `manifest.json` beside them, naming each
-part's key, rows and SHA-256."""
+"""An archive in a folder, `file:///abs/dir`: the single-machine default (a cluster needs S3)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
-if TYPE_CHECKING:
-    from lifecycle.s3_archive import S3ArchiveStore, S3Options
-
-MANIFEST = "manifest.json"
-
-
-class ArchiveError(RuntimeError):
-    """The archive cannot be written, read or trusted; the message names the batch and the part."""
-
-
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from lifecycle.stores import MANIFEST, ArchiveError, sha256_of_file
 
 
 class FileArchiveStore:
@@ -102,20 +82,3 @@ class FileArchiveStore:
 
     def fetch(self, key: str, local: Path) -> None:
         shutil.copyfile(self._path(key), local)
-
-
-def open_archive_store(uri: str, s3_options: S3Options | None = None) -> FileArchiveStore | S3ArchiveStore:
-    """The store of `uri`; `s3_options` (storage class, encryption, client...) serve s3:// only."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        root = Path(parsed.path)
-        if not root.is_absolute():
-            raise ArchiveError(f"archive location {uri!r} is not an absolute file:/// URI")
-        return FileArchiveStore(root)
-    if parsed.scheme == "s3":
-        from lifecycle.s3_archive import S3ArchiveStore, S3Options
-
-        return S3ArchiveStore.from_uri(uri, s3_options or S3Options())
-    raise ArchiveError(
-        f"archive location {uri!r}: unsupported scheme {parsed.scheme!r} (use file:///abs/dir or s3://bucket/prefix)"
-    )

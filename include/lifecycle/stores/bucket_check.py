@@ -2,7 +2,7 @@
 default encryption, public access blocked, abandoned multipart uploads cleaned up. Prints each
 check and how to fix what is missing; exits 1 when something is.
 
-    python -m lifecycle.bucket_check s3://bucket[/prefix] [--endpoint-url URL] [--region eu-west-3]
+    python -m lifecycle.stores.bucket_check s3://bucket[/prefix] [--endpoint-url URL] [--region eu-west-3]
         [--allow-outside-eea] [--kms-key-id KEY]
 
 Credentials come from boto3's usual chain (AWS_PROFILE, AWS_ACCESS_KEY_ID, ...).
@@ -14,8 +14,8 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from lifecycle.archive_store import ArchiveError
-from lifecycle.s3_archive import (
+from lifecycle.stores import ArchiveError
+from lifecycle.stores.s3 import (
     DEFAULT_REGION,
     EEA_REGIONS,
     S3Options,
