@@ -17,7 +17,7 @@ from sqlalchemy import Date, TextClause, bindparam, delete, func, insert, select
 from lifecycle.policy import Policy, Rule
 from lifecycle.rows import ArrowConverter, email_strip, key_lines, record_batches
 from lifecycle.run import RunContext, now_utc_naive
-from lifecycle.select import selection_id_of
+from lifecycle.select import Selection
 from lifecycle.sql import statement
 from lifecycle.step import Step
 from lifecycle.stores import ArchiveError, open_archive_store, sha256_of_file
@@ -52,30 +52,17 @@ def archive_sources(policy: Policy, rule: Rule) -> list[ArchiveSource]:
 
 def archive_due(run: RunContext, rule: Rule) -> dict:
     """Write a batch for every (table, retain_until) whose due records have no verified copy yet."""
-    selection_id = selection_id_of(run, rule)
+    selection = Selection.of(run, rule)
     store = open_archive_store(run.archive_uri, run.s3_options)
     batches = []
     with run.engine.connect() as connection:
-        retain_dates = _retain_dates(connection, run, selection_id)
+        retain_dates = selection.retain_dates(connection)
     for retain_until in retain_dates:
         for source in archive_sources(run.policy, rule):
-            batch = _archive_group(rule, store, BatchRows(run, source, selection_id, retain_until))
+            batch = _archive_group(rule, store, BatchRows(run, source, selection.id, retain_until))
             if batch:
                 batches.append(batch)
     return {"rule": rule.id, "batches": len(batches), "rows": sum(rows for _, rows in batches)}
-
-
-def _retain_dates(connection, run: RunContext, selection_id: int) -> list[date]:
-    c = run.tables.candidates
-    return list(
-        connection.execute(
-            select(c.c.retain_until)
-            .where(c.c.selection_id == selection_id, c.c.decision == "due", c.c.state == "pending")
-            .where(c.c.retain_until.is_not(None))
-            .distinct()
-            .order_by(c.c.retain_until)
-        ).scalars()
-    )
 
 
 @dataclass(frozen=True)
@@ -367,7 +354,7 @@ def _mark_verified(run: RunContext, batch_keys: list[str]) -> None:
 
 def _would_archive(scratch) -> dict:
     """The rows each batch would hold: one batch per archived table and retain_until."""
-    retain_dates = _retain_dates(scratch.connection, scratch.run, scratch.selection_id)
+    retain_dates = scratch.selection.retain_dates(scratch.connection)
     sources = archive_sources(scratch.run.policy, scratch.rule)
     batch_rows = [
         scratch.rows_of_due(source.table, source.match, retain_until)

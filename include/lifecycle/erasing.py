@@ -11,11 +11,11 @@ from urllib.parse import unquote, urlparse
 
 from sqlalchemy import func, insert, select, update
 
-from lifecycle.decide import LOCK_RECORDS, DecisionStatement
+from lifecycle.decide import DUE, LOCK_RECORDS, DecisionStatement
 from lifecycle.policy import Rule
 from lifecycle.reactivation import close_erased_cycles
 from lifecycle.run import RunContext, now_utc_naive
-from lifecycle.select import selection_id_of
+from lifecycle.select import Selection
 from lifecycle.sql import statement
 from lifecycle.step import Step
 from lifecycle.stores.s3 import S3Options
@@ -30,7 +30,7 @@ class ErasureRefused(RuntimeError):
 
 def erase_due(run: RunContext, rule: Rule) -> dict:
     """Erase what is still due; a record whose archive copy is not verified is never erased."""
-    eraser = _RangeEraser(run, rule, selection_id_of(run, rule))
+    eraser = _RangeEraser(Selection.of(run, rule))
     erased: dict[str, int] = {}
     for erasure in eraser.ranges_to_do():
         for name, count in eraser.erase_range(*erasure).items():
@@ -55,10 +55,10 @@ def rechecks_itself(rule: Rule) -> bool:
 class _RangeEraser:
     """The statements of one rule's erase step, for one selection."""
 
-    def __init__(self, run: RunContext, rule: Rule, selection_id: int):
-        self.run = run
-        self.rule = rule
-        self.selection_id = selection_id
+    def __init__(self, selection: Selection):
+        self.selection = selection
+        self.run = run = selection.run
+        self.rule = rule = selection.rule
         self.decision = DecisionStatement(run, rule)
         tables = run.tables
         self.names = {
@@ -70,7 +70,7 @@ class _RangeEraser:
         """(erasure, key_from, key_to) of the selection's ranges not done yet, planned on the first try:
         `batch_size` due candidates each, in key order."""
         erasures = self.run.tables.erasures
-        of_selection = erasures.c.selection_id == self.selection_id
+        of_selection = erasures.c.selection_id == self.selection.id
         with self.run.engine.begin() as connection:
             if connection.execute(select(func.count()).where(of_selection)).scalar_one() == 0:
                 self._plan(connection)
@@ -78,15 +78,12 @@ class _RangeEraser:
             return connection.execute(planned.where(of_selection, erasures.c.recorded_at.is_(None))).all()
 
     def _plan(self, connection) -> None:
-        c = self.run.tables.candidates
         starts = list(self._execute(connection, RANGE_STARTS, {"size": self.rule.batch_size}).scalars())
         if not starts:
             return
-        last = connection.execute(
-            select(func.max(c.c.record_key)).where(c.c.selection_id == self.selection_id, c.c.decision == "due")
-        ).scalar_one()
+        last = self.selection.last_due_key(connection)
         ranges = zip(starts, [*starts[1:], last + 1], strict=True)
-        rows = [{"selection_id": self.selection_id, "key_from": low, "key_to": high} for low, high in ranges]
+        rows = [{"selection_id": self.selection.id, "key_from": low, "key_to": high} for low, high in ranges]
         connection.execute(insert(self.run.tables.erasures), rows)
 
     def erase_range(self, erasure: int, key_from: int, key_to: int) -> dict[str, int]:
@@ -117,7 +114,7 @@ class _RangeEraser:
             if rechecks_itself(self.rule):
                 self._recheck(connection, bounds, "kept")
             if self.rule.action == "reactivate":
-                close_erased_cycles(connection, self.run, self.rule, self._staged(bounds))
+                close_erased_cycles(connection, self.run, self.rule, self.selection.pending_due_in(**bounds))
             erasures = self.run.tables.erasures
             connection.execute(update(erasures).where(erasures.c.id == erasure).values(recorded_at=now_utc_naive()))
         return erased
@@ -165,38 +162,15 @@ class _RangeEraser:
         ).all()
         failed = [key for key, location in stored if not erase_stored_file(location, self.run.s3_options)]
         if failed:
-            c = self.run.tables.candidates
-            connection.execute(
-                update(c)
-                .where(c.c.selection_id == self.selection_id, c.c.record_key.in_(failed))
-                .values(state="failed", reason="stored file not erased")
-            )
-
-    def _staged(self, bounds: dict):
-        c = self.run.tables.candidates
-        return select(c.c.record_key).where(
-            c.c.selection_id == self.selection_id,
-            c.c.decision == "due",
-            c.c.state == "pending",
-            c.c.record_key >= bounds["key_from"],
-            c.c.record_key < bounds["key_to"],
-        )
+            self.selection.mark(failed, "failed", "stored file not erased", connection)
 
     def left_in_place(self) -> dict[str, int]:
-        c = self.run.tables.candidates
         with self.run.engine.connect() as connection:
-            rows = connection.execute(
-                select(c.c.reason, func.count())
-                .where(
-                    c.c.selection_id == self.selection_id, c.c.decision == "due", c.c.state.in_(("skipped", "failed"))
-                )
-                .group_by(c.c.reason)
-            ).all()
-        return dict(rows)
+            return self.selection.left_in_place(connection, (DUE,))
 
     def _execute(self, connection, template: str, params: dict, **context):
         query = statement(self.run.engine, template, **self.names, **context)
-        return connection.execute(query, {"selection_id": self.selection_id} | params)
+        return connection.execute(query, {"selection_id": self.selection.id} | params)
 
 
 def erase_stored_file(location: str, s3_options: S3Options | None = None) -> bool:
@@ -241,7 +215,7 @@ def verify_erased(run: RunContext, rule: Rule) -> dict:
     checks = [(rule.table, run.policy.tables[rule.table].key)]
     if rule.bundle:
         checks += [(member.table, member.link) for member in run.policy.bundles[rule.bundle].members]
-    selection = {"selection_id": selection_id_of(run, rule)}
+    selection = {"selection_id": Selection.of(run, rule).id}
     with run.engine.connect() as connection:
         remaining = {
             f"remaining_in_{table}": connection.execute(

@@ -6,13 +6,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
-
 from lifecycle.expectations import GateFailed
 from lifecycle.periods import epoch_seconds
 from lifecycle.policy import Rule
 from lifecycle.run import RunContext
-from lifecycle.select import selection_id_of
+from lifecycle.select import Selection
 from lifecycle.sql import statement
 from lifecycle.step import Step
 
@@ -61,63 +59,45 @@ def candidate_expectations(as_of_epoch: int) -> list[dict]:
     ]
 
 
-def check_candidates(connection, run: RunContext, rule: Rule, selection_id: int) -> bool:
-    """Great Expectations on the staged candidates, summed up by the database; raises GateFailed."""
+def check_candidates(connection, selection: Selection) -> tuple[bool, int]:
+    """Great Expectations on the staged candidates, summed up by the database; raises GateFailed.
+    Whether they passed, and how many candidates the rule acts on."""
     import pandas
 
     from lifecycle.expectations import validate_frame
 
+    run, rule = selection.run, selection.rule
     query = statement(run.engine, CANDIDATES_SUMMARY, candidates=run.tables.qualified(run.tables.candidates))
-    summary = connection.execute(query, {"selection_id": selection_id}).mappings().one()
+    summary = connection.execute(query, {"selection_id": selection.id}).mappings().one()
     validation = validate_frame(
         pandas.DataFrame([dict(summary)], dtype="Int64"),
         candidate_expectations(epoch_seconds(run.as_of)),
         gate=f"{rule.id}/candidates",
         artifact_path=run.artifact_path(rule, "gate-candidates.json"),
     )
-    return bool(validation.get("success"))
+    return bool(validation.get("success")), summary["candidates"]
 
 
 def gate_candidates(run: RunContext, rule: Rule) -> dict:
+    selection = Selection.of(run, rule)
     with run.engine.connect() as connection:
-        passed = check_candidates(connection, run, rule, selection_id_of(run, rule))
-    return {"rule": rule.id, "passed": passed, **staged_volume(run, rule).as_dict()}
+        passed, acted_on = check_candidates(connection, selection)
+    return {"rule": rule.id, "passed": passed, **_volume(rule, acted_on, selection.table_rows()).as_dict()}
 
 
-def staged_volume(run: RunContext, rule: Rule) -> Volume:
-    selection_id = selection_id_of(run, rule)
-    selections, candidates = run.tables.selections, run.tables.candidates
-    with run.engine.connect() as connection:
-        table_rows = connection.execute(
-            select(selections.c.table_rows).where(selections.c.id == selection_id)
-        ).scalar_one()
-        staged = connection.execute(
-            select(func.count()).select_from(candidates).where(_acted_on(candidates, selection_id))
-        ).scalar_one()
-    return Volume(staged, table_rows or 0, volume_limit(rule, table_rows or 0))
+def staged_volume(selection: Selection) -> Volume:
+    with selection.run.engine.connect() as connection:
+        acted_on = selection.acted_on(connection)
+    return _volume(selection.rule, acted_on, selection.table_rows())
 
 
-def staged_sample(run: RunContext, rule: Rule, size: int) -> list[int]:
-    """The first keys of the records the rule would act on, for an operator to look at."""
-    candidates = run.tables.candidates
-    query = (
-        select(candidates.c.record_key)
-        .where(_acted_on(candidates, selection_id_of(run, rule)))
-        .order_by(candidates.c.record_key)
-        .limit(size)
-    )
-    with run.engine.connect() as connection:
-        return list(connection.execute(query).scalars())
-
-
-def _acted_on(candidates, selection_id: int):
-    """The staged candidates a rule acts on: records due, notices to send (as CANDIDATES_SUMMARY)."""
-    return (candidates.c.selection_id == selection_id) & candidates.c.decision.in_(("due", "notify"))
+def _volume(rule: Rule, candidates: int, table_rows: int) -> Volume:
+    return Volume(candidates, table_rows, volume_limit(rule, table_rows))
 
 
 def require_volume_approval(run: RunContext, rule: Rule) -> dict:
     """Step 3: above its volume ceiling, a rule acts only in a run approved for volume."""
-    volume = staged_volume(run, rule)
+    volume = staged_volume(Selection.of(run, rule))
     if volume.needs_approval(run.volume_approved):
         raise GateFailed(
             f"{rule.id}/volume",
@@ -136,7 +116,7 @@ def require_volume_approval(run: RunContext, rule: Rule) -> dict:
 
 
 def _would_gate(scratch) -> dict:
-    passed = check_candidates(scratch.connection, scratch.run, scratch.rule, scratch.selection_id)
+    passed, _ = check_candidates(scratch.connection, scratch.selection)
     return {"passed": passed, **scratch.volume.as_dict()}
 
 

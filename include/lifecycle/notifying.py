@@ -13,8 +13,6 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
-from sqlalchemy import select, update
-
 from lifecycle.decide import decide_keys
 from lifecycle.locks import exclusive
 from lifecycle.mail import (
@@ -40,7 +38,7 @@ from lifecycle.reactivation import (
     latest_notices,
 )
 from lifecycle.run import RunContext, now_utc_naive
-from lifecycle.select import selection_id_of
+from lifecycle.select import Selection
 from lifecycle.sql import statement
 from lifecycle.step import Step
 
@@ -74,16 +72,16 @@ def notify_inactive(run: RunContext, rule: Rule) -> dict:
     """Email the notices of the run's selection; a mail server fault defers the rest and fails the step."""
     if run.mailer is None:
         raise ValueError(f"rule {rule.id}: the run has no mailer for its notices")
-    selection_id = selection_id_of(run, rule)
+    selection = Selection.of(run, rule)
     ledger = NoticeLedger(run, rule)
     with exclusive(run.engine, f"lifecycle-notify-{rule.id}", LOCK_WAIT_SECONDS) as alone:
         if not alone:
-            sender = _NoticeSender(run, rule, selection_id, ledger)
+            sender = _NoticeSender(selection, ledger)
             sender.defer_all("another run is sending notices")
             return {"rule": rule.id, **sender.counts}
         settled = ledger.settle_interrupted(run.mailer)
         responded = ledger.close_responded()
-        sender = _NoticeSender(run, rule, selection_id, ledger)
+        sender = _NoticeSender(selection, ledger)
         sender.send_all()
     if sender.fault:
         raise MailServerUnavailable(
@@ -93,10 +91,10 @@ def notify_inactive(run: RunContext, rule: Rule) -> dict:
 
 
 class _NoticeSender:
-    def __init__(self, run: RunContext, rule: Rule, selection_id: int, ledger: NoticeLedger):
-        self.run = run
-        self.rule = rule
-        self.selection_id = selection_id
+    def __init__(self, selection: Selection, ledger: NoticeLedger):
+        self.selection = selection
+        self.run = run = selection.run
+        self.rule = selection.rule
         self.ledger = ledger
         self.throttle = Throttle(run.notices.max_per_minute)
         self.emails_left = run.notices.max_per_run - ledger.sent_in_run()
@@ -116,25 +114,8 @@ class _NoticeSender:
 
     def _candidates(self) -> Iterator[int]:
         """The selection's notices not handled yet, in key order (each is marked once handled)."""
-        c = self.run.tables.candidates
         after = -(2**63)  # below every key
-        while True:
-            with self.run.engine.connect() as connection:
-                keys = list(
-                    connection.execute(
-                        select(c.c.record_key)
-                        .where(
-                            c.c.selection_id == self.selection_id,
-                            c.c.decision == NOTIFY,
-                            c.c.state == "pending",
-                            c.c.record_key > after,
-                        )
-                        .order_by(c.c.record_key)
-                        .limit(self.rule.batch_size)
-                    ).scalars()
-                )
-            if not keys:
-                return
+        while keys := self.selection.pending(NOTIFY, after, self.rule.batch_size):
             yield from keys
             after = keys[-1]
 
@@ -251,17 +232,11 @@ class _NoticeSender:
 
     def _mark(self, key: int, state: str, reason: str | None, connection=None) -> None:
         self.counts[state] += 1
-        c = self.run.tables.candidates
-        change = (
-            update(c)
-            .where(c.c.selection_id == self.selection_id, c.c.record_key == key)
-            .values(state=state, reason=(reason or "")[:120] or None)
-        )
         if connection is not None:
-            connection.execute(change)
+            self.selection.mark([key], state, reason, connection)
             return
         with self.run.engine.begin() as own:
-            own.execute(change)
+            self.selection.mark([key], state, reason, own)
 
 
 def _would_notify(scratch) -> dict:

@@ -56,9 +56,9 @@ def run_step(run: RunContext, rule: Rule, name: str, selected: dict | None = Non
         return preview_step(run, rule, step, selected)
     result = step.act(run, rule)
     if step.stage:
-        from lifecycle.select import record_stage
+        from lifecycle.select import Selection
 
-        record_stage(run, rule, step.stage)
+        Selection.of(run, rule).record_stage(step.stage)
     return result
 
 

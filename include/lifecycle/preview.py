@@ -15,7 +15,7 @@ from lifecycle.decide import DUE, NOTIFY
 from lifecycle.gating import Volume, volume_limit
 from lifecycle.policy import Rule
 from lifecycle.run import RunContext, now_utc_naive
-from lifecycle.select import selection_counts, stage_decisions
+from lifecycle.select import Selection
 from lifecycle.sql import statement
 from lifecycle.step import Step
 
@@ -44,7 +44,7 @@ def preview_rule(run: RunContext, rule: Rule) -> dict[str, dict]:
         transaction = connection.begin()
         try:
             scratch_run.tables.candidates.create(connection)
-            scratch = ScratchSelection(connection, scratch_run, rule, _stage(connection, scratch_run, rule))
+            scratch = ScratchSelection(connection, _stage(connection, scratch_run, rule))
             for name in steps_for(rule):
                 scratch.would_do[name] = step_named(name).would_do(scratch)
             return scratch.would_do
@@ -60,7 +60,7 @@ def _drop_scratch(connection, name: str) -> None:
     connection.commit()
 
 
-def _stage(connection, run: RunContext, rule: Rule) -> int:
+def _stage(connection, run: RunContext, rule: Rule) -> Selection:
     selections = run.tables.selections
     opened = connection.execute(
         insert(selections).values(
@@ -73,25 +73,26 @@ def _stage(connection, run: RunContext, rule: Rule) -> int:
             stage="selecting",
         )
     )
-    selection_id = opened.inserted_primary_key[0]
-    stage_decisions(connection, run, rule, selection_id)
-    return selection_id
+    selection = Selection(run, rule, opened.inserted_primary_key[0])
+    selection.stage(connection)
+    return selection
 
 
 class ScratchSelection:
     """The rolled-back selection a dry run's steps read, with what its select step would report and
     what the steps before have found they would do (by step name)."""
 
-    def __init__(self, connection, run: RunContext, rule: Rule, selection_id: int):
+    def __init__(self, connection, selection: Selection):
         self.connection = connection
-        self.run = run
-        self.rule = rule
-        self.selection_id = selection_id
+        self.selection = selection
+        self.run = selection.run
+        self.rule = selection.rule
+        self.selection_id = selection.id
         self.would_do: dict[str, dict] = {}
 
     @cached_property
     def counts(self) -> dict:
-        return selection_counts(self.connection, self.run, self.rule, self.selection_id)
+        return self.selection.counts(self.connection)
 
     @cached_property
     def volume(self) -> Volume:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, insert, select, update
 
@@ -20,6 +21,9 @@ from lifecycle.periods import MalformedValue, add_period, to_utc
 from lifecycle.policy import Rule
 from lifecycle.run import RunContext, now_utc_naive
 from lifecycle.sql import statement
+
+if TYPE_CHECKING:
+    from lifecycle.select import Selection
 
 DEFERRED, PENDING, SENT, UNDELIVERABLE = "deferred", "pending", "sent", "undeliverable"
 RESPONDED, ERASED = "responded", "erased"
@@ -272,14 +276,11 @@ class NoticeLedger:
             ).scalar_one()
 
 
-def notice_report(connection, run: RunContext, rule: Rule, selection_id: int) -> dict:
+def notice_report(connection, selection: Selection) -> dict:
     """The notices of a run: emailed, undeliverable, deferred (and why), cycles closed, notices open."""
-    c, t = run.tables.candidates, run.tables.reactivation_notices
-    handled = connection.execute(
-        select(c.c.state, c.c.reason, func.count())
-        .where(c.c.selection_id == selection_id, c.c.decision == NOTIFY)
-        .group_by(c.c.state, c.c.reason)
-    ).all()
+    run, rule = selection.run, selection.rule
+    t = run.tables.reactivation_notices
+    handled = selection.states(connection, NOTIFY)
     by_state = Counter()
     deferred_reasons = Counter()
     for state, reason, count in handled:

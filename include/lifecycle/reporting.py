@@ -13,7 +13,7 @@ from lifecycle.policy import Rule
 from lifecycle.reactivation import notice_report
 from lifecycle.report_html import COLUMNS, NOTICE_COLUMNS, render_html
 from lifecycle.run import RunContext, now_utc_naive
-from lifecycle.select import invalid_records
+from lifecycle.select import Selection
 
 
 def start_run(run: RunContext) -> None:
@@ -37,7 +37,7 @@ def start_run(run: RunContext) -> None:
 
 def rule_report(run: RunContext, rule: Rule) -> dict:
     tables = run.tables
-    s, c, a, b = tables.selections, tables.candidates, tables.audit_trail, tables.archive_batches
+    s, a, b = tables.selections, tables.audit_trail, tables.archive_batches
     with run.engine.connect() as connection:
         selection = (
             connection.execute(select(s).where(s.c.dag_id == run.dag_id, s.c.run_id == run.run_id, s.c.rule == rule.id))
@@ -57,17 +57,12 @@ def rule_report(run: RunContext, rule: Rule) -> dict:
         outcome: dict = {"rule": rule.id, "action": rule.action, "stage": selection["stage"] if selection else None}
         if selection:
             outcome |= json.loads(selection["counts"] or "{}")
-            outcome["skipped"] = dict(
-                connection.execute(
-                    select(c.c.reason, func.count())
-                    .where(c.c.selection_id == selection["id"], c.c.state.in_(("skipped", "failed")))
-                    .group_by(c.c.reason)
-                ).all()
-            )
+            staged = Selection(run, rule, selection["id"])
+            outcome["skipped"] = staged.left_in_place(connection)
             if rule.action == "reactivate":
                 outcome["notices_due"] = outcome.pop("notify", 0)
-                outcome |= notice_report(connection, run, rule, selection["id"])
-            outcome["invalid_records"] = invalid_records(connection, run, rule, selection["id"])
+                outcome |= notice_report(connection, staged)
+            outcome["invalid_records"] = staged.invalid_records(connection)
     for action in ("archived", "erased", "pseudonymised", "purged"):
         outcome[action] = sum(count for act, _, count in actions if act == action)
     # A bundle rule's "erased" counts its own records (smicers); the rows erased with them apart.

@@ -15,7 +15,7 @@ class Step:
     # (scratch selection of lifecycle.preview) -> the counts `act` would report; None: `act` itself
     # writes nothing in a dry run.
     would_do: Callable[..., dict] | None
-    # The selection's stage once the step is done (lifecycle.select.record_stage); None: not recorded.
+    # The selection's stage once the step is done (lifecycle.select.Selection.record_stage); None: not recorded.
     stage: str | None
     # The report columns a dry run's report takes from what the step would do.
     dry_run_columns: tuple[str, ...] = ()

@@ -30,19 +30,21 @@ class VolumeApproval(ApprovalOperator):
         self.rule_id = rule_id
 
     def execute(self, context):
-        from lifecycle.gating import staged_sample, staged_volume
+        from lifecycle.gating import staged_volume
         from lifecycle.pipeline import APPROVE, run_step
+        from lifecycle.select import Selection
 
         run = tasks.run_context()
         rule = run.policy.rule(self.rule_id)
         selected = context["ti"].xcom_pull(task_ids=f"{rule.id}.select") or {}
-        volume = None if run.dry_run else staged_volume(run, rule)
+        selection = None if run.dry_run else Selection.of(run, rule)
+        volume = selection and staged_volume(selection)
         if volume is None or not volume.needs_approval(run.volume_approved):
             return run_step(run, rule, APPROVE, selected)
         self.response_timeout = approval_timeout()
         self.notifiers = [OperatorAlert(*APPROVAL_AWAITED)]
         self.subject = f"{rule.id}: {volume.candidates} records above the volume ceiling of {volume.limit}"
-        self.body = approval_body(run, rule, volume, selected, staged_sample(run, rule, SAMPLE_SIZE))
+        self.body = approval_body(run, rule, volume, selected, selection.sample(SAMPLE_SIZE))
         return super().execute(context)
 
     def execute_complete(self, context, event):
