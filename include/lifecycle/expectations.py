@@ -1,7 +1,7 @@
 """Data-quality gates that stand in front of every destructive step.
 
 A gate runs a list of Great Expectations (GX Core 1.x) expectations, given as plain
-dicts, against a SQL query (evaluated inside the database) or a small pandas DataFrame.
+dicts, against a small pandas DataFrame: a summary the database computed (counts, extremes).
 It returns a small summary when every expectation holds and raises GateFailed otherwise.
 Neither the summary, the exception nor the JSON artifact ever carries a row value: only
 expectation types, column names and counts.
@@ -16,9 +16,8 @@ import logging
 import os
 import re
 import threading
-import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -42,12 +41,6 @@ _ROW_PROBE_META = "gate_row_probe"
 _MAX_ERROR_CHARS = 300
 # Drivers quote the offending value in errors (PostgreSQL: invalid input syntax for type bigint: "...").
 _QUOTED_TEXT = re.compile(r"'[^']*'|\"[^\"]*\"")
-_SQL_DATASOURCE_FACTORIES = {
-    "sqlite": "add_sqlite",
-    "postgresql": "add_postgres",
-    "mysql": "add_sql",
-    "mariadb": "add_sql",
-}
 
 _lock = threading.Lock()
 _gx_state: _GxState | None = None
@@ -64,25 +57,6 @@ class GateFailed(Exception):
 
     def __str__(self) -> str:
         return f"gate {self.gate} failed: " + "; ".join(_describe(failure) for failure in self.failures)
-
-
-def validate_sql(
-    engine_url: str,
-    query: str,
-    expectations: list[dict],
-    *,
-    gate: str,
-    artifact_path: Path | None = None,
-) -> dict:
-    """Run the expectations in the database on the rows of `query` (a plain SELECT)."""
-    suite = _suite(expectations)
-    with _gx_session() as state:
-        datasource = _sql_datasource(state, engine_url)
-        try:
-            validation = _validate_query(datasource, query, suite)
-        finally:
-            _release_connections(datasource)
-    return _judge(gate, expectations, validation.to_json_dict(), artifact_path)
 
 
 def validate_frame(
@@ -107,7 +81,6 @@ class _GxState:
     pid: int
     context: Any
     frame_batches: Any
-    sql_datasources: dict[str, Any] = field(default_factory=dict)
 
 
 @contextmanager
@@ -125,7 +98,7 @@ def _gx_session() -> Iterator[_GxState]:
 
 def _current_state() -> _GxState:
     global _gx_state
-    # A forked child must not share its parent's database connections.
+    # A forked child gets a context of its own.
     if _gx_state is None or _gx_state.pid != os.getpid():
         _gx_state = _new_state()
     return _gx_state
@@ -151,38 +124,6 @@ def _new_state() -> _GxState:
         context=context,
         frame_batches=frames.add_batch_definition_whole_dataframe("whole"),
     )
-
-
-def _sql_datasource(state: _GxState, engine_url: str) -> Any:
-    if engine_url not in state.sql_datasources:
-        backend = engine_url.split(":", 1)[0].split("+", 1)[0]
-        if backend not in _SQL_DATASOURCE_FACTORIES:
-            raise ValueError(f"no gate datasource for database backend {backend!r}")
-        add_datasource = getattr(state.context.data_sources, _SQL_DATASOURCE_FACTORIES[backend])
-        # The name stays free of the URL, which may hold a password, because GX reports it.
-        state.sql_datasources[engine_url] = add_datasource(
-            name=f"gate-sql-{len(state.sql_datasources)}",
-            connection_string=engine_url,
-            create_temp_table=False,
-        )
-    return state.sql_datasources[engine_url]
-
-
-def _validate_query(datasource: Any, query: str, suite: Any) -> Any:
-    asset = datasource.add_query_asset(name=f"gate-{uuid.uuid4().hex}", query=query)
-    try:
-        # A batch straight from the asset: a batch definition would cost one more config save.
-        batch = asset.get_batch(asset.build_batch_request())
-        return batch.validate(suite, result_format=_RESULT_FORMAT)
-    finally:
-        datasource.delete_asset(asset.name)
-
-
-def _release_connections(datasource: Any) -> None:
-    # Pooled connections would keep databases from being dropped and, on SQLite, would go
-    # on reading a file that was replaced at the same path.
-    datasource.get_engine().dispose()
-    datasource.get_execution_engine().engine.dispose()
 
 
 def _suite(expectations: list[dict]) -> Any:

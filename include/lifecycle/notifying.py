@@ -114,7 +114,7 @@ class _NoticeSender:
 
     def _candidates(self) -> Iterator[int]:
         """The selection's notices not handled yet, in key order (each is marked once handled)."""
-        after = -(2**63)  # below every key
+        after = None
         while keys := self.selection.pending(NOTIFY, after, self.rule.batch_size):
             yield from keys
             after = keys[-1]

@@ -153,12 +153,13 @@ class Selection:
                 ).scalars()
             )
 
-    def pending(self, decision: str, after: int, limit: int) -> list[int]:
-        """A page of the keys of one decision not acted on yet, in key order after `after`."""
+    def pending(self, decision: str, after: int | None, limit: int) -> list[int]:
+        """A page of the keys of one decision not acted on yet, in key order (after `after`, if given)."""
         c = self._candidates
+        later = () if after is None else (c.c.record_key > after,)
         query = (
             select(c.c.record_key)
-            .where(self._of(c.c.decision == decision, c.c.state == "pending", c.c.record_key > after))
+            .where(self._of(c.c.decision == decision, c.c.state == "pending", *later))
             .order_by(c.c.record_key)
             .limit(limit)
         )
