@@ -9,12 +9,10 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import cached_property
 
-from sqlalchemy import insert
-
 from lifecycle.decide import DUE, NOTIFY
 from lifecycle.gating import Volume, volume_limit
 from lifecycle.policy import Rule
-from lifecycle.run import RunContext, now_utc_naive
+from lifecycle.run import RunContext
 from lifecycle.select import Selection
 from lifecycle.sql import statement
 from lifecycle.step import Step
@@ -61,19 +59,7 @@ def _drop_scratch(connection, name: str) -> None:
 
 
 def _stage(connection, run: RunContext, rule: Rule) -> Selection:
-    selections = run.tables.selections
-    opened = connection.execute(
-        insert(selections).values(
-            dag_id=run.dag_id,
-            run_id=f"{run.run_id} (dry run)",
-            rule=rule.id,
-            as_of=run.as_of_naive,
-            policy_version=run.policy.version,
-            created_at=now_utc_naive(),
-            stage="selecting",
-        )
-    )
-    selection = Selection(run, rule, opened.inserted_primary_key[0])
+    selection = Selection.create(connection, run, rule, f"{run.run_id} (dry run)")
     selection.stage(connection)
     return selection
 

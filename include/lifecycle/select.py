@@ -72,19 +72,24 @@ class Selection:
                     delete(c).where(c.c.selection_id == existing, c.c.state.not_in(("emailed", "undeliverable")))
                 )
                 return cls(run, rule, existing), RETRIED
-            opened = connection.execute(
-                insert(tables.selections).values(
-                    dag_id=run.dag_id,
-                    run_id=run.run_id,
-                    rule=rule.id,
-                    table_name=rule.table,
-                    as_of=run.as_of_naive,
-                    policy_version=run.policy.version,
-                    created_at=now_utc_naive(),
-                    stage="selecting",
-                )
+            return cls.create(connection, run, rule, run.run_id), NEW
+
+    @classmethod
+    def create(cls, connection, run: RunContext, rule: Rule, run_id: str) -> Selection:
+        """A new, empty selection of the rule, recorded under `run_id`."""
+        opened = connection.execute(
+            insert(run.tables.selections).values(
+                dag_id=run.dag_id,
+                run_id=run_id,
+                rule=rule.id,
+                table_name=rule.table,
+                as_of=run.as_of_naive,
+                policy_version=run.policy.version,
+                created_at=now_utc_naive(),
+                stage="selecting",
             )
-            return cls(run, rule, opened.inserted_primary_key[0]), NEW
+        )
+        return cls(run, rule, opened.inserted_primary_key[0])
 
     def stage(self, connection, *, retried: bool = False) -> None:
         """The decision's verdicts, all but 'not_due', as candidates (STAGE_DECISIONS); `retried`: rows
