@@ -47,9 +47,10 @@ def erase_due(run: RunContext, rule: Rule) -> dict:
 
 def rechecks_itself(rule: Rule) -> bool:
     """Whether the erase statement re-checks each record itself (decision.sql's still_due): where the
-    decision reads the record's own row only. A bundle's rows go before its smicer, and a parent's row
-    is another table's: those rules lock and re-check their records first."""
-    return not rule.bundle and not rule.parent
+    decision reads the record's own row only and nothing goes before the record. A bundle's rows go
+    before its smicer, a stored file before its record, and a parent's row is another table's: those
+    rules lock and re-check their records first."""
+    return not rule.bundle and not rule.parent and not rule.stored_file
 
 
 class _RangeEraser:

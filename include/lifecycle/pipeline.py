@@ -58,7 +58,7 @@ def run_step(run: RunContext, rule: Rule, name: str, selected: dict | None = Non
     if step.stage:
         from lifecycle.select import Selection
 
-        Selection.of(run, rule).record_stage(step.stage)
+        Selection.record_stage(run, rule, step.stage)
     return result
 
 

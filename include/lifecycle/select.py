@@ -131,11 +131,17 @@ class Selection:
         ).all()
         return [{"table": self.rule.table, "key": key, "reason": reason} for key, reason in invalid]
 
-    def record_stage(self, stage: str) -> None:
+    @staticmethod
+    def record_stage(run: RunContext, rule: Rule, stage: str) -> None:
         """The last step of the rule that completed in this run, for the report."""
-        selections = self.run.tables.selections
-        with self.run.engine.begin() as connection:
-            connection.execute(update(selections).where(selections.c.id == self.id).values(stage=stage))
+        selections = run.tables.selections
+        with run.engine.begin() as connection:
+            connection.execute(
+                update(selections)
+                .where(selections.c.dag_id == run.dag_id, selections.c.run_id == run.run_id)
+                .where(selections.c.rule == rule.id)
+                .values(stage=stage)
+            )
 
     def table_rows(self) -> int:
         """The rule's table's rows when the selection was staged."""
