@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
 from dateutil.relativedelta import relativedelta
 
-from lifecycle.periods import parse_period
+from lifecycle.periods import add_period, parse_period
 
 DEFAULT_POLICY_PATH = Path(__file__).resolve().parents[1] / "policy" / "smice.yaml"
 ACTIONS = ("erase", "archive_erase", "reactivate", "purge_archive")
@@ -18,6 +19,10 @@ FILTER_OPS = ("eq", "null", "not_null")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _LANGUAGE = re.compile(r"^[a-z]{2}$")
 _ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# The fields of a purpose's `answer_deadlines`; its `standing_kinds` may be left out (none).
+ANSWER_DEADLINE_REQUIRED = ("table", "received", "status", "kind", "answer_within", "warn_before")
+# Where two periods are compared (a warning must come before its deadline): any fixed instant does.
+_PERIOD_ORIGIN = datetime(2001, 1, 1, tzinfo=UTC)
 
 
 class PolicyError(ValueError):
@@ -40,7 +45,8 @@ class Filter:
 
 @dataclass(frozen=True)
 class Window:
-    """A record's anchor is the first set column (pick "first") or the latest (pick "latest")."""
+    """A record's anchor is the first set column (pick "first") or the latest (pick "latest"); a window
+    without columns (a data subject's request, lifecycle.subject) is anchored on the run's as-of."""
 
     columns: tuple[ColumnRef, ...]
     pick: str
@@ -137,6 +143,26 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class AnswerDeadlines:
+    """A purpose's requests that must be answered in time (GDPR art. 12(3): one month from receipt):
+    the rows of `table` whose `status_column` holds `open_value` are listed in every run's report with
+    their deadline, `received` + `answer_within`, flagged from `warn_before` it. The `standing_kinds`
+    stay open on purpose (a restriction holds until lifted): listed apart, without a deadline."""
+
+    table: str
+    key: str
+    received: str
+    status_column: str
+    open_value: str
+    kind: str
+    answer_within: relativedelta
+    answer_within_text: str
+    warn_before: relativedelta
+    warn_before_text: str
+    standing_kinds: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Purpose:
     id: str
     dag_id: str
@@ -144,6 +170,7 @@ class Purpose:
     legal_basis: str
     seed_reference: str
     rules: tuple[Rule, ...]
+    answer_deadlines: AnswerDeadlines | None = None
 
 
 @dataclass(frozen=True)
@@ -317,8 +344,61 @@ class _PolicyReader:
                 raise self.fail(where, name, "missing")
         rules = tuple(self._rule(rule, spec["id"]) for rule in spec["rules"])
         return Purpose(
-            spec["id"], spec["dag_id"], spec["title"], spec["legal_basis"], spec.get("seed_reference", ""), rules
+            spec["id"],
+            spec["dag_id"],
+            spec["title"],
+            spec["legal_basis"],
+            spec.get("seed_reference", ""),
+            rules,
+            self._answer_deadlines(spec.get("answer_deadlines"), where),
         )
+
+    def _answer_deadlines(self, spec: object, where: str) -> AnswerDeadlines | None:
+        if spec is None:
+            return None
+        if not isinstance(spec, dict):
+            raise self.fail(where, "answer_deadlines", "expected a mapping")
+        unknown = sorted(set(spec) - {*ANSWER_DEADLINE_REQUIRED, "standing_kinds"})
+        if unknown:
+            raise self.fail(where, f"answer_deadlines.{unknown[0]}", "unknown field")
+        for name in ANSWER_DEADLINE_REQUIRED:
+            if spec.get(name) is None:
+                raise self.fail(where, f"answer_deadlines.{name}", "missing")
+        table = spec["table"]
+        if table not in self.tables:
+            raise self.fail(where, "answer_deadlines.table", f"{table!r} is not a table of the policy's 'tables'")
+        status = spec["status"]
+        if not isinstance(status, dict) or set(status) != {"column", "open"}:
+            raise self.fail(where, "answer_deadlines.status", f"{status!r}: expected {{column: ..., open: ...}}")
+        answer_within = self._period(spec["answer_within"], where, "answer_deadlines.answer_within")
+        warn_before = self._period(spec["warn_before"], where, "answer_deadlines.warn_before")
+        if add_period(_PERIOD_ORIGIN, answer_within) <= _PERIOD_ORIGIN:
+            raise self.fail(where, "answer_deadlines.answer_within", "must be a period longer than zero")
+        if add_period(_PERIOD_ORIGIN, warn_before) >= add_period(_PERIOD_ORIGIN, answer_within):
+            raise self.fail(where, "answer_deadlines.warn_before", "must be shorter than answer_within")
+        return AnswerDeadlines(
+            table=table,
+            key=self.tables[table].key,
+            received=self._identifier(spec["received"], where, "answer_deadlines.received"),
+            status_column=self._identifier(status["column"], where, "answer_deadlines.status.column"),
+            open_value=self._value(status["open"], where, "answer_deadlines.status.open"),
+            kind=self._identifier(spec["kind"], where, "answer_deadlines.kind"),
+            answer_within=answer_within,
+            answer_within_text=str(spec["answer_within"]),
+            warn_before=warn_before,
+            warn_before_text=str(spec["warn_before"]),
+            standing_kinds=self._values(spec.get("standing_kinds", []), where, "answer_deadlines.standing_kinds"),
+        )
+
+    def _value(self, value: object, where: str, field_name: str) -> str:
+        if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value) == "":
+            raise self.fail(where, field_name, f"{value!r} is not a value a column holds (text or a whole number)")
+        return str(value)
+
+    def _values(self, values: object, where: str, field_name: str) -> tuple[str, ...]:
+        if not isinstance(values, list):
+            raise self.fail(where, field_name, f"{values!r} is not a list")
+        return tuple(self._value(value, where, field_name) for value in values)
 
     def _rule(self, spec: dict, purpose_id: str) -> Rule:
         rule_id = spec.get("id")
@@ -529,3 +609,12 @@ def validate_against_database(policy: Policy, engine) -> None:
         if rule.notice:
             require(where, "notice.first_name", rule.table, rule.notice.first_name)
             require(where, "notice.locale", rule.table, rule.notice.locale)
+    for purpose in policy.purposes:
+        deadlines = purpose.answer_deadlines
+        if deadlines is None:
+            continue
+        where = f"purpose '{purpose.id}'"
+        require(where, "answer_deadlines.table", deadlines.table, deadlines.key)
+        require(where, "answer_deadlines.received", deadlines.table, deadlines.received)
+        require(where, "answer_deadlines.status.column", deadlines.table, deadlines.status_column)
+        require(where, "answer_deadlines.kind", deadlines.table, deadlines.kind)

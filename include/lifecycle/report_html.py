@@ -1,7 +1,7 @@
 """The run report as one self-contained HTML page (inline CSS, no script, no external asset): per
 rule what was due, held, invalid, archived, erased, pseudonymised, emailed and purged, the approval
-and the failed step, then the details and the active legal holds. Records are named by table and
-key only; every value is escaped.
+and the failed step, then the details, the active legal holds and, for a purpose with answer
+deadlines, the open requests. Records are named by table and key only; every value is escaped.
 
 It reads the report dict `reporting.finish_run` writes as report.json and tolerates missing keys.
 It does not import `reporting`, so that `reporting` can import it to write report.html."""
@@ -14,6 +14,8 @@ from html import escape
 COLUMNS = ("due", "held", "invalid", "archived", "erased", "erased_with_bundle", "pseudonymised", "emailed", "purged")
 NOTICE_COLUMNS = ("notices_due", "emailed", "undeliverable", "deferred", "unsettled", "responded", "notices_open")
 DIGEST_SHOWN = 16
+# lifecycle.deadlines' flags of an open request, each with its CSS class and its count in the report.
+FLAGS = {"due soon": ("due-soon", "due_soon"), "overdue": ("overdue", "overdue")}
 NONE = "—"
 
 BASE_CSS = """
@@ -52,6 +54,8 @@ tr.failed-row td:first-child { box-shadow: inset 3px 0 0 var(--red); }
 td.refused { background: var(--amber-bg); color: var(--amber); font-weight: 600; }
 table.details { width: auto; min-width: 360px; }
 table.batches td { padding: 2px 8px; font-size: 12.5px; }
+td.overdue { background: var(--red-bg); color: var(--red); font-weight: 700; }
+td.due-soon { background: var(--amber-bg); color: var(--amber); font-weight: 600; }
 """
 
 
@@ -63,6 +67,7 @@ def render_html(report: dict) -> str:
         _rules_table(rules),
         *(_rule_details(outcome) for outcome in rules),
         _holds(report.get("holds")),
+        _answer_deadlines(report.get("answer_deadlines")),
     ]
     title = f"Retention run {report.get('dag_id', '')} · {report.get('run_id', '')}"
     return html_page(title, "".join(body), RUN_CSS)
@@ -227,4 +232,57 @@ def _hold_row(hold: dict) -> str:
         f'<td><code>{text(hold.get("table"))}</code></td><td class="num">{text(hold.get("key"))}</td>'
         f"<td>{shown_digest}</td><td>{text(hold.get('reason'))}</td><td>{text(hold.get('until'))}</td>"
         f"<td>{text(hold.get('state'))}</td></tr>"
+    )
+
+
+def _answer_deadlines(section: dict | None) -> str:
+    """The open requests by key, kind and dates, never by address, flagged due soon or overdue; the
+    restrictions in force apart, without a deadline (reporting.finish_run, lifecycle.deadlines)."""
+    if not section:
+        return ""
+    counts = [f"{text(section.get('open'))} awaiting an answer"]
+    counts += [f"{text(section.get(count))} {flag}" for flag, (_, count) in FLAGS.items()]
+    if section.get("undated"):
+        counts.append(f"{text(section['undated'])} without a readable received date")
+    in_force = section.get("restrictions_in_force") or []
+    parts = [
+        f"<h2>Answer deadlines: open requests of <code>{text(section.get('table'))}</code></h2>",
+        f'<p class="muted">As of {text(section.get("as_of"))}: answered within {text(section.get("answer_within"))} '
+        f"of receipt, flagged due soon from {text(section.get('warn_before'))} before. {', '.join(counts)}; "
+        f"{len(in_force)} restrictions in force.</p>",
+    ]
+    requests = section.get("requests") or []
+    if requests:
+        head = (
+            '<thead><tr><th class="num">id</th><th>kind</th><th>received</th><th class="num">age (days)</th>'
+            '<th>deadline</th><th class="num">days left</th><th>flag</th></tr></thead>'
+        )
+        rows = "".join(_request_row(request) for request in requests)
+        parts.append(f'<table class="details">{head}<tbody>{rows}</tbody></table>')
+    if in_force:
+        head = (
+            '<thead><tr><th class="num">id</th><th>kind</th><th>received</th>'
+            '<th class="num">age (days)</th></tr></thead>'
+        )
+        rows = "".join(
+            f'<tr><td class="num">{text(r.get("id"))}</td><td>{text(r.get("kind"))}</td>'
+            f'<td>{text(r.get("received"))}</td><td class="num">{text(r.get("age_days"))}</td></tr>'
+            for r in in_force
+        )
+        parts.append(
+            "<h3>Restrictions in force</h3>"
+            '<p class="muted">Open until lifted, on purpose: answered when placed, so no deadline.</p>'
+            f'<table class="details">{head}<tbody>{rows}</tbody></table>'
+        )
+    return "".join(parts)
+
+
+def _request_row(request: dict) -> str:
+    flag = request.get("flag")
+    flag_class = f' class="{FLAGS[flag][0]}"' if flag in FLAGS else ""
+    return (
+        f'<tr><td class="num">{text(request.get("id"))}</td><td>{text(request.get("kind"))}</td>'
+        f'<td>{text(request.get("received"))}</td><td class="num">{text(request.get("age_days"))}</td>'
+        f'<td>{text(request.get("deadline"))}</td><td class="num">{text(request.get("days_left"))}</td>'
+        f"<td{flag_class}>{text(flag)}</td></tr>"
     )

@@ -7,6 +7,7 @@ import json
 
 from sqlalchemy import delete, func, insert, select
 
+from lifecycle.deadlines import DUE_SOON, OVERDUE, answer_deadlines, deadlines_for
 from lifecycle.holds import list_holds
 from lifecycle.pipeline import step_named, steps_for
 from lifecycle.policy import Rule
@@ -14,6 +15,8 @@ from lifecycle.reactivation import notice_report
 from lifecycle.report_html import COLUMNS, NOTICE_COLUMNS, render_html
 from lifecycle.run import RunContext, now_utc_naive
 from lifecycle.select import Selection
+
+DEADLINE_COUNTS = ("open", "due_soon", "overdue", "undated")
 
 
 def start_run(run: RunContext) -> None:
@@ -103,6 +106,9 @@ def finish_run(
         "holds": [hold for hold in list_holds(run.engine, today=run.today) if hold["state"] == "active"],
         "rules": outcomes,
     }
+    deadlines = deadlines_for(run.policy, rules)
+    if deadlines:
+        report["answer_deadlines"] = answer_deadlines(run, deadlines)
     folder = run.report_dir()
     (folder / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     (folder / "report.md").write_text(render_markdown(report), encoding="utf-8")
@@ -146,6 +152,8 @@ def _record_finished(run: RunContext, report: dict) -> None:
 
 
 def _compact(report: dict) -> dict:
+    """What the run's record and its XCom keep: counts, no record named."""
+    deadlines = report.get("answer_deadlines")
     return {
         "as_of": report["as_of"],
         "policy_version": report["policy_version"],
@@ -155,7 +163,7 @@ def _compact(report: dict) -> dict:
             | {k: o.get(k) for k in ("stage", "approval", "failed_step")}
             for o in report["rules"]
         },
-    }
+    } | ({"answer_deadlines": {k: deadlines[k] for k in DEADLINE_COUNTS}} if deadlines else {})
 
 
 def _notice_columns(outcome: dict) -> tuple[str, ...]:
@@ -184,7 +192,51 @@ def render_markdown(report: dict) -> str:
     for outcome in report["rules"]:
         lines += _details(outcome)
     lines += _holds(report["holds"])
+    if report.get("answer_deadlines"):
+        lines += _answer_deadlines(report["answer_deadlines"])
     return "\n".join(lines) + "\n"
+
+
+def _answer_deadlines(section: dict) -> list[str]:
+    """Open requests by key, kind and dates, never by address; the restrictions in force apart."""
+    counts = [
+        f"{section['open']} awaiting an answer",
+        f"{section['due_soon']} {DUE_SOON}",
+        f"{section['overdue']} {OVERDUE}",
+    ]
+    if section.get("undated"):
+        counts.append(f"{section['undated']} without a readable received date")
+    lines = [
+        "",
+        f"## Answer deadlines: open requests of `{section['table']}`",
+        "",
+        f"As of {section['as_of']}: answered within {section['answer_within']} of receipt, flagged {DUE_SOON} "
+        f"from {section['warn_before']} before. {', '.join(counts)}; "
+        f"{len(section['restrictions_in_force'])} restrictions in force.",
+    ]
+    if section["requests"]:
+        lines += [
+            "",
+            "| id | kind | received | age (days) | deadline | days left | flag |",
+            "|---:|---|---|---:|---|---:|---|",
+        ]
+        lines += [
+            f"| {r['id']} | {r['kind']} | {r['received'] or ''} | {_blank(r['age_days'])} | {r['deadline'] or ''} "
+            f"| {_blank(r['days_left'])} | {r['flag'] or ''} |"
+            for r in section["requests"]
+        ]
+    if section["restrictions_in_force"]:
+        lines += ["", "### Restrictions in force (open until lifted; no deadline)", ""]
+        lines += ["| id | kind | received | age (days) |", "|---:|---|---|---:|"]
+        lines += [
+            f"| {r['id']} | {r['kind']} | {r['received'] or ''} | {_blank(r['age_days'])} |"
+            for r in section["restrictions_in_force"]
+        ]
+    return lines
+
+
+def _blank(value: object) -> str:
+    return "" if value is None else str(value)
 
 
 def _holds(holds: list[dict]) -> list[str]:

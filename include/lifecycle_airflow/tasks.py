@@ -47,13 +47,21 @@ def run_context():
 
 def prepare_run() -> dict:
     """Check the policy against the live database, create the pipeline's tables, open the run."""
+    from lifecycle.reporting import start_run
+
+    run = run_context()
+    prepare_tables(run)
+    start_run(run)
+    return {"as_of": run.as_of.isoformat(), "policy_version": run.policy.version, "dry_run": run.dry_run}
+
+
+def prepare_tables(run) -> None:
+    """Check the policy against the live database and create the pipeline's tables where missing."""
     from sqlalchemy.exc import OperationalError
 
     from lifecycle.policy import validate_against_database
-    from lifecycle.reporting import start_run
     from lifecycle.store import ensure_lifecycle_tables
 
-    run = run_context()
     try:
         validate_against_database(run.policy, run.engine)
         ensure_lifecycle_tables(run.engine)
@@ -62,8 +70,6 @@ def prepare_run() -> dict:
             f"application database {run.engine.url.render_as_string(hide_password=True)} unreachable: "
             f"{type(error.orig).__name__}"
         ) from None
-    start_run(run)
-    return {"as_of": run.as_of.isoformat(), "policy_version": run.policy.version, "dry_run": run.dry_run}
 
 
 def run_rule_step(rule_id: str, step_name: str) -> dict:
@@ -111,11 +117,13 @@ def _with_mail(run):
 
 
 def report_run(purpose_id: str) -> dict:
-    """The run's report, written whatever happened to its rules (a teardown of the run)."""
+    """The run's report, written whatever happened to its rules (a teardown of the run); when it
+    lists requests past their answer deadline, the operators are alerted (not by a dry run)."""
     from airflow.sdk import get_current_context
 
     from lifecycle.pipeline import steps_for
     from lifecycle.reporting import finish_run
+    from lifecycle_airflow.alerts import alert_overdue_requests
 
     run = run_context()
     purpose = next(p for p in run.policy.purposes if p.id == purpose_id)
@@ -128,7 +136,10 @@ def report_run(purpose_id: str) -> dict:
         failed_step = next((name for name, task_id in task_ids.items() if states.get(task_id) == "failed"), None)
         if failed_step:
             failed[rule.id] = failed_step
-    return finish_run(run, list(purpose.rules), results, failed)
+    summary = finish_run(run, list(purpose.rules), results, failed)
+    if summary.get("answer_deadlines", {}).get("overdue") and not run.dry_run:
+        alert_overdue_requests(get_current_context(), run.report_dir())
+    return summary
 
 
 def rules_succeeded() -> dict:
