@@ -164,6 +164,36 @@ class LifecycleTables:
             UniqueConstraint("rule", "record_key", "cycle"),
             Index(f"{prefix}reactivation_notices_state", "rule", "state"),
         )
+        # One row per request of a data subject carried out (or refused) by the subject_request DAG:
+        # its outcome and certificate (counts by table, archive batches), never the address.
+        self.subject_requests = Table(
+            f"{prefix}subject_requests",
+            m,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("dag_id", String(250), nullable=False),
+            Column("run_id", String(250), nullable=False),
+            Column("kind", String(20), nullable=False),
+            Column("request_id", BigInteger),  # the application's rights_requests row served, if named
+            Column("as_of", DateTime, nullable=False),
+            Column("policy_version", String(64), nullable=False),
+            Column("outcome", String(16), nullable=False),  # done | refused | nothing found
+            Column("reason", Text),
+            Column("certificate", Text),  # JSON: what was done, per table; no personal data
+            Column("recorded_at", DateTime, nullable=False),
+            UniqueConstraint("dag_id", "run_id"),
+        )
+        # Keyed hashes (HMAC-SHA-256) of erased and objecting addresses: a later import is checked
+        # against them without the address being kept (lifecycle.suppression).
+        self.suppressions = Table(
+            f"{prefix}suppressions",
+            m,
+            Column("digest", String(64), primary_key=True),
+            Column("key_id", String(16), nullable=False),  # which key made the digest
+            Column("reason", String(16), nullable=False),  # erased | objection
+            Column("added_at", DateTime, nullable=False),
+            Column("dag_id", String(250), nullable=False),
+            Column("run_id", String(250), nullable=False),
+        )
         self.legal_holds = Table(
             f"{prefix}legal_holds",
             m,

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 AWS_CONN_ID = "aws_default"
 ARCHIVE_VARIABLE = "lifecycle_archive_uri"
+EXPORT_VARIABLE = "lifecycle_export_uri"
 
 
 def app_database_url() -> str:
@@ -33,6 +34,28 @@ def archive_uri() -> str:
     from airflow.sdk import Variable
 
     return Variable.get(ARCHIVE_VARIABLE, default=None) or (data_dir() / "archive").as_uri()
+
+
+def export_uri() -> str:
+    """Where subject packages (access, portability) are written: file:///abs/dir or s3://bucket/prefix."""
+    from airflow.sdk import Variable
+
+    return Variable.get(EXPORT_VARIABLE, default=None) or (data_dir() / "exports").as_uri()
+
+
+def suppression_key() -> str | None:
+    """The secret key of the suppression list's keyed hashes: the password of the Airflow connection
+    `lifecycle_suppression`, else the variable `lifecycle_suppression_key`; None when neither is set."""
+    from airflow.sdk import Connection, Variable
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from lifecycle.suppression import SUPPRESSION_CONN_ID, SUPPRESSION_VARIABLE
+
+    try:
+        password = Connection.get(SUPPRESSION_CONN_ID).password
+    except AirflowNotFoundException:
+        password = None
+    return password or Variable.get(SUPPRESSION_VARIABLE, default=None) or None
 
 
 def _flag(text: str) -> bool:
