@@ -12,6 +12,7 @@ from urllib.parse import unquote, urlparse
 from sqlalchemy import func, insert, select, update
 
 from lifecycle.decide import DUE, LOCK_RECORDS, DecisionStatement
+from lifecycle.ledger import export_ledger
 from lifecycle.policy import Rule
 from lifecycle.reactivation import close_erased_cycles
 from lifecycle.run import RunContext, now_utc_naive
@@ -35,6 +36,8 @@ def erase_due(run: RunContext, rule: Rule) -> dict:
     for erasure in eraser.ranges_to_do():
         for name, count in eraser.erase_range(*erasure).items():
             erased[name] = erased.get(name, 0) + count
+    # Before the refusal below: what was erased is in the ledger even when the step fails.
+    export_ledger(run, rule)
     left = eraser.left_in_place()
     refused = sum(count for reason, count in left.items() if reason in REFUSALS)
     if refused:

@@ -1,8 +1,10 @@
 """Where archive batches are kept, behind one small interface: put_file, put_manifest, read_manifest,
-part_matches, batch_keys, delete_batch, restore_status, fetch. A folder (`file:///abs/dir`,
+part_matches, batch_keys, delete_batch, restore_status, fetch; and the erasure ledger beside them
+(lifecycle.ledger): put_ledger, ledger_keys, fetch_ledger. A folder (`file:///abs/dir`,
 lifecycle.stores.folder) or an S3 bucket (`s3://bucket/prefix`, lifecycle.stores.s3). The format
 is the archive contract: Parquet parts (zstd) and a `manifest.json` beside them, naming each part's
-key, rows and SHA-256."""
+key, rows and SHA-256. Ledger objects are Parquet files without a manifest, kept readable at once
+(STANDARD) with their SHA-256: nothing listing batches (batch_keys) sees them."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
     from lifecycle.stores.s3 import S3ArchiveStore, S3Options
 
 MANIFEST = "manifest.json"
+LEDGER_SUFFIX = ".parquet"
 
 
 class ArchiveError(RuntimeError):

@@ -8,7 +8,9 @@ import shutil
 from datetime import date
 from pathlib import Path
 
-from lifecycle.stores import MANIFEST, ArchiveError, sha256_of_file
+from lifecycle.stores import LEDGER_SUFFIX, MANIFEST, ArchiveError, sha256_of_file
+
+LEDGER_DIGEST = ".sha256"
 
 
 class FileArchiveStore:
@@ -82,3 +84,37 @@ class FileArchiveStore:
 
     def fetch(self, key: str, local: Path) -> None:
         shutil.copyfile(self._path(key), local)
+
+    def put_ledger(self, key: str, local: Path) -> str:
+        """Copy a ledger object in (replacing an earlier try's), its SHA-256 beside it in `<key>.sha256`;
+        returns the digest."""
+        digest = sha256_of_file(local)
+        self.put_file(local, key)
+        target = self._path(f"{key}{LEDGER_DIGEST}")
+        try:
+            temporary = target.with_name(target.name + ".partial")
+            temporary.write_text(f"{digest}\n", encoding="ascii")
+            os.replace(temporary, target)
+        except OSError as error:
+            raise ArchiveError(f"cannot write the SHA-256 of ledger object {key}: {error.strerror}") from None
+        return digest
+
+    def ledger_keys(self, prefix: str, start_after: str = "") -> list[str]:
+        """The keys of the ledger objects under `prefix` that sort after `start_after`, in order."""
+        root = self.root.resolve()
+        folder = self._path(prefix)
+        if not folder.is_dir():
+            return []
+        keys = (path.relative_to(root).as_posix() for path in folder.rglob(f"*{LEDGER_SUFFIX}"))
+        return sorted(key for key in keys if key > start_after)
+
+    def fetch_ledger(self, key: str, local: Path) -> None:
+        """Copy a ledger object out, checked against the SHA-256 written beside it."""
+        digest_path = self._path(f"{key}{LEDGER_DIGEST}")
+        try:
+            shutil.copyfile(self._path(key), local)
+            expected = digest_path.read_text(encoding="ascii").strip()
+        except OSError as error:
+            raise ArchiveError(f"cannot read ledger object {key} under {self.uri}: {error.strerror}") from None
+        if sha256_of_file(local) != expected:
+            raise ArchiveError(f"ledger object {key} under {self.uri} does not match its SHA-256")

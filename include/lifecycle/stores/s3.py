@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from lifecycle.stores import MANIFEST, ArchiveError
+from lifecycle.stores import LEDGER_SUFFIX, MANIFEST, ArchiveError
 
 STORAGE_CLASSES = ("DEEP_ARCHIVE", "GLACIER", "GLACIER_IR")
 RESTORABLE_CLASSES = ("DEEP_ARCHIVE", "GLACIER")
@@ -367,3 +367,35 @@ class S3ArchiveStore:
             body = self._client.get_object(Bucket=self.bucket, Key=self._object_key(key))["Body"]
             with local.open("wb") as handle:
                 shutil.copyfileobj(body, handle, 1 << 20)
+
+    def put_ledger(self, key: str, local: Path) -> str:
+        """Upload a ledger object in STANDARD (readable at once), with the SHA-256 S3 checks and keeps;
+        a retried write replaces it. Returns the digest."""
+        body = local.read_bytes()
+        arguments = self._write_arguments("STANDARD", None) | {"Key": self._object_key(key)}
+        with failing_closed(f"cannot write ledger object {key}", self.uri):
+            self._client.put_object(Body=body, ChecksumSHA256=sha256_base64(body), **arguments)
+        return hashlib.sha256(body).hexdigest()
+
+    def ledger_keys(self, prefix: str, start_after: str = "") -> list[str]:
+        """The keys of the ledger objects under `prefix` that sort after `start_after`, in order: S3
+        lists from there on, not the objects before."""
+        folder = self._object_key(prefix)
+        listing = {"Bucket": self.bucket, "Prefix": folder}
+        if start_after:
+            listing["StartAfter"] = self._object_key(start_after)
+        keys = []
+        with failing_closed("cannot list the erasure ledger", self.uri):
+            for page in self._client.get_paginator("list_objects_v2").paginate(**listing):
+                keys += [item["Key"] for item in page.get("Contents", []) if item["Key"].endswith(LEDGER_SUFFIX)]
+        skipped = len(self._object_key(""))
+        return sorted(key[skipped:] for key in keys)
+
+    def fetch_ledger(self, key: str, local: Path) -> None:
+        """Download a ledger object, checked against the SHA-256 S3 keeps with it."""
+        with failing_closed(f"cannot read ledger object {key}", self.uri):
+            response = self._client.get_object(Bucket=self.bucket, Key=self._object_key(key), ChecksumMode="ENABLED")
+            body = response["Body"].read()
+        if checksum_digest(response.get("ChecksumSHA256")) != sha256_base64(body):
+            raise ArchiveError(f"ledger object {key} under {self.uri} does not match its SHA-256")
+        local.write_bytes(body)

@@ -1,0 +1,110 @@
+"""The erasure ledger: what each rule erased and pseudonymised in a run, written to the evidence
+archive when its erase step ends. The audit trail lives inside the application database, so a
+restore from a backup taken before some erasures brings their records back and rolls their audit
+trail back with them; the ledger, outside it, survives, and lifecycle.replay erases again from it.
+
+One Parquet file per run and rule, `ledger/<day>/<dag_id>/<run_id>/<rule>.parquet`, the day (UTC)
+being that of the rule's first erasure in the run: a retried step rewrites the same object, and
+"since a day" lists that day's objects and the later ones only. It names records by table and key,
+with the run, rule, action, policy version and instant of their erasure: never their data. It is
+kept in STANDARD storage (readable at once, unlike the cold archive parts) with its SHA-256."""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import date
+from pathlib import Path
+
+from sqlalchemy import Engine, Select, func, select
+
+from lifecycle.policy import Rule
+from lifecycle.report_paths import safe_run_id
+from lifecycle.run import RunContext
+from lifecycle.stores import ArchiveError, open_archive_store
+
+LEDGER_PREFIX = "ledger/"
+FORMAT_VERSION = "1"
+ACTIONS = ("erased", "pseudonymised")
+COLUMNS = ("dag_id", "run_id", "rule", "action", "table_name", "record_key", "policy_version", "recorded_at")
+ROWS_PER_BATCH = 50_000
+# What the replay reads of each record.
+RECORD_COLUMNS = ("action", "table_name", "record_key")
+
+
+def export_ledger(run: RunContext, rule: Rule) -> str | None:
+    """Write the run's erasures of the rule to the archive; the object's key, or None when it erased nothing."""
+    trail = run.tables.audit_trail
+    of_rule = (
+        trail.c.dag_id == run.dag_id,
+        trail.c.run_id == run.run_id,
+        trail.c.rule == rule.id,
+        trail.c.action.in_(ACTIONS),
+    )
+    with run.engine.connect() as connection:
+        first_erased = connection.execute(select(func.min(trail.c.recorded_at)).where(*of_rule)).scalar()
+    if first_erased is None:
+        return None
+    key = ledger_key(first_erased.date(), run.dag_id, run.run_id, rule.id)
+    rows = select(*(trail.c[name] for name in COLUMNS)).where(*of_rule).order_by(trail.c.table_name, trail.c.record_key)
+    with tempfile.TemporaryDirectory(prefix="ledger-") as scratch:
+        path = Path(scratch) / "ledger.parquet"
+        _write_parquet(run.engine, rows, path)
+        open_archive_store(run.archive_uri, run.s3_options).put_ledger(key, path)
+    return key
+
+
+def ledger_key(day: date, dag_id: str, run_id: str, rule_id: str) -> str:
+    return f"{LEDGER_PREFIX}{day.isoformat()}/{dag_id}/{safe_run_id(run_id)}/{rule_id}.parquet"
+
+
+def ledger_schema():
+    import pyarrow as pa
+
+    types = dict.fromkeys(COLUMNS, pa.string()) | {
+        "record_key": pa.int64(),
+        "recorded_at": pa.timestamp("us", tz="UTC"),
+    }
+    return pa.schema([(name, types[name]) for name in COLUMNS], metadata={"format_version": FORMAT_VERSION})
+
+
+def _write_parquet(engine: Engine, rows: Select, path: Path) -> None:
+    """The rows streamed from the database into one Parquet file, a row group per batch of rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = ledger_schema()
+    with engine.connect() as connection, pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        result = connection.execution_options(stream_results=True).execute(rows)
+        for batch in result.partitions(ROWS_PER_BATCH):
+            columns = zip(*batch, strict=True)
+            arrays = [pa.array(values, type=field.type) for values, field in zip(columns, schema, strict=True)]
+            writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
+
+
+def read_ledger(store, since: date) -> tuple[list[str], object]:
+    """The keys of the ledger objects dated `since` or later, and their records as one Arrow table
+    (action, table_name, record_key), each record once. An object that fails its SHA-256 check or
+    is not a ledger stops the reading (ArchiveError): nothing is erased from a doubtful ledger."""
+    import pyarrow as pa
+
+    keys = store.ledger_keys(LEDGER_PREFIX, start_after=f"{LEDGER_PREFIX}{since.isoformat()}")
+    schema = pa.schema([ledger_schema().field(name) for name in RECORD_COLUMNS])
+    tables = []
+    with tempfile.TemporaryDirectory(prefix="ledger-") as scratch:
+        for index, key in enumerate(keys):
+            local = Path(scratch) / f"{index}.parquet"
+            store.fetch_ledger(key, local)
+            tables.append(_records(key, local, schema))
+    if not tables:
+        return keys, schema.empty_table()
+    return keys, pa.concat_tables(tables).group_by(list(RECORD_COLUMNS), use_threads=False).aggregate([])
+
+
+def _records(key: str, local: Path, schema):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(local, columns=list(RECORD_COLUMNS)).cast(schema)
+    except (pa.ArrowException, OSError, KeyError) as error:
+        raise ArchiveError(f"ledger object {key} is not a readable ledger: {type(error).__name__}") from None
