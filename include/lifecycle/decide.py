@@ -79,7 +79,7 @@ def decide(
     if problem:
         return Decision(key, INVALID, problem)
     rule = reading.rule
-    anchor, due_at = _anchor_and_due(rule, values)
+    anchor, due_at = _anchor_and_due(rule, values, as_of)
     if anchor is None:
         verdict = INVALID if rule.without_anchor == "invalid" else NOT_DUE
         return Decision(key, verdict, "no anchor" if verdict == INVALID else None)
@@ -109,9 +109,9 @@ def _undecidable(reading: RuleReading, values: dict, latest: dict, as_of: dateti
     return None
 
 
-def _anchor_and_due(rule: Rule, values: dict) -> tuple[datetime | None, datetime | None]:
+def _anchor_and_due(rule: Rule, values: dict, as_of: datetime) -> tuple[datetime | None, datetime | None]:
     for window in rule.windows:
-        present = [values[ref] for ref in window.columns if values[ref] is not None]
+        present = [values[ref] for ref in window.columns if values[ref] is not None] if window.columns else [as_of]
         if present:
             anchor = present[0] if window.pick == "first" else max(present)
             return anchor, add_period(anchor, window.period)
@@ -134,6 +134,7 @@ class DecisionStatement:
         policy = run.policy
         reading = RuleReading.of(policy, rule)
         self.params: dict = {}
+        self._subject = run.subject_email
         self.context = {
             "table": rule.table,
             "key": policy.tables[rule.table].key,
@@ -184,6 +185,8 @@ class DecisionStatement:
             param = f"{prefix}_{i}"
             if flt.op == "eq":
                 self.params[param] = flt.value
+            if flt.op == "subject":
+                self.params[param] = self._subject
             rendered.append(
                 {"alias": alias or flt.column.alias, "column": flt.column.column, "op": flt.op, "param": param}
             )

@@ -47,6 +47,8 @@ class RunContext:
     notices_allowed: bool = True
     # How an s3:// archive is written and reached; None: the defaults and boto3's own credentials.
     s3_options: S3Options | None = None
+    # A data subject's request: the trimmed, lower-cased address its rules' `subject` filters match.
+    subject_email: str | None = field(default=None, repr=False)
     # Holds are read as they stand when the run executes, whatever its as-of.
     today: date = field(default_factory=lambda: datetime.now(UTC).date())
 

@@ -87,7 +87,9 @@ SELECT t.{{ r.key | q }} AS record_key,
 {% macro col(ref) %}{{ ref.alias }}.{{ ref.column | q }}{% endmacro %}
 
 {% macro condition(f) -%}
-{{ f.alias }}.{{ f.column | q }} {% if f.op == 'eq' %}= :{{ f.param }}{% elif f.op == 'null' %}IS NULL{% else %}IS NOT NULL{% endif %}
+{% if f.op == 'subject' %}LOWER(TRIM({{ f.alias }}.{{ f.column | q }})) = :{{ f.param }}
+{%- else %}{{ f.alias }}.{{ f.column | q }} {% if f.op == 'eq' %}= :{{ f.param }}{% elif f.op == 'null' %}IS NULL{% else %}IS NOT NULL{% endif %}
+{%- endif %}
 {%- endmacro %}
 
 {# Trimmed, lower-cased emails under an open restriction request or an active legal hold. #}
@@ -183,7 +185,9 @@ AND NOT COALESCE({{ held_any(r.holds, r.key) }}, 1 = 0)
 {% macro worth_a_look(r) -%}
 {% for w in r.windows %}
 {% if not loop.first %} OR {% endif %}
-{% if w.columns | length == 1 %}
+{% if not w.columns %}
+1 = 1
+{% elif w.columns | length == 1 %}
 {{ col(w.columns[0]) }} <= :{{ w.name }}_last
 {% elif w.pick == 'first' %}
 COALESCE({% for ref in w.columns %}{{ col(ref) }}{% if not loop.last %}, {% endif %}{% endfor %}) <= :{{ w.name }}_last
@@ -243,13 +247,20 @@ CASE WHEN {{ is_due(expr, name, count) }} THEN 1 ELSE 0 END
 {% endif %}
 {%- endmacro %}
 
+{# The run's as-of, typed as the instants it is compared with: a window without columns (a data
+   subject's request) is anchored on it. #}
+{% macro as_of_instant() -%}
+{% if dialect == 'sqlite' %}:as_of{% elif dialect == 'postgresql' %}CAST(:as_of AS TIMESTAMP){% else %}CAST(:as_of AS DATETIME(6)){% endif %}
+{%- endmacro %}
+
 {# The UTC date of an instant. #}
 {% macro day(expr) %}{% if dialect == 'sqlite' %}substr({{ expr }}, 1, 10){% else %}CAST({{ expr }} AS DATE){% endif %}{% endmacro %}
 
 {# A window's anchor: the first present column, or the latest of them (each COALESCE rotation
    is non-null as soon as one column is, so their GREATEST is the latest present value). #}
 {% macro window_anchor(w) -%}
-{% if w.columns | length == 1 %}{{ ts(col(w.columns[0])) }}
+{% if not w.columns %}{{ as_of_instant() }}
+{% elif w.columns | length == 1 %}{{ ts(col(w.columns[0])) }}
 {% elif w.pick == 'first' %}COALESCE({% for ref in w.columns %}{{ ts(col(ref)) }}{% if not loop.last %}, {% endif %}{% endfor %})
 {% else %}{{ 'MAX' if dialect == 'sqlite' else 'GREATEST' }}({% for rotation in w.rotations %}COALESCE({% for ref in rotation %}{{ ts(col(ref)) }}{% if not loop.last %}, {% endif %}{% endfor %}){% if not loop.last %}, {% endif %}{% endfor %})
 {% endif %}

@@ -20,7 +20,7 @@ CONTRACT_DAG_IDS = {
     "retention_archive_expiry",
 }
 # Triggered on demand, with parameters from the trigger form.
-ON_DEMAND_DAG_IDS = {"archive_restore", "legal_holds"}
+ON_DEMAND_DAG_IDS = {"archive_restore", "erasure_replay", "legal_holds", "subject_request"}
 HEAVY_MODULES = ("great_expectations", "boto3", "botocore", "pyarrow", "pandas", "faker")
 # Each step of a rule lives in its module; a DAG file's parse loads none, nor what they share.
 STEP_MODULES = (*sorted(set(MODULES.values())), "lifecycle.preview", "lifecycle.decide")

@@ -46,6 +46,8 @@ TABLE_VIEW_BUTTON = (By.CSS_SELECTOR, "button[aria-label='Show table view']")
 DAG_ID = "retention_newsletters"
 RULE_ID = "newsletter"
 RUN_TIMEOUT = 240
+SUBJECT_DAG_ID = "subject_request"
+ERASURE_LABEL = "erasure: archive the smicer bundle as evidence, erase the rest"
 # Above the newsletter rule's volume ceiling (more than 50 and more than 20 % of the table): the
 # demo seeds 100 subscriptions, a few of them due.
 EXTRA_WITHDRAWN = 60
@@ -242,3 +244,41 @@ def count_subscriptions(url: str, keys: list[int]) -> int:
         ).scalar()
     engine.dispose()
     return count
+
+
+def test_a_subject_request_from_the_trigger_form_is_a_dry_run_erasure_by_default(
+    standalone: Standalone, client: httpx.Client, app_database: str, browser, screenshots: Path
+):
+    """The operator types a smicer's address (in other case, with a space) and picks the kind from the
+    list; an erasure left at the form's defaults only reports what it would do."""
+    address = a_smicer_address(app_database)
+    client.patch(f"/api/v2/dags/{SUBJECT_DAG_ID}", json={"is_paused": False}).raise_for_status()
+    wait = WebDriverWait(browser, 60)
+    log_in(browser, wait, standalone)
+    browser.get(f"{standalone.url}/dags/{SUBJECT_DAG_ID}")
+    wait.until(expected_conditions.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Trigger']"))).click()
+    wait.until(expected_conditions.presence_of_element_located((By.ID, "element_email"))).send_keys(
+        f" {address.upper()}"
+    )
+    browser.find_element(By.ID, "element_kind").click()
+    wait.until(expected_conditions.element_to_be_clickable((By.XPATH, f'//*[text()="{ERASURE_LABEL}"]'))).click()
+    browser.save_screenshot(str(screenshots / "subject-request-form.png"))
+    browser.find_elements(By.XPATH, "//button[normalize-space()='Trigger']")[-1].click()
+
+    runs = lambda: client.get(f"/api/v2/dags/{SUBJECT_DAG_ID}/dagRuns").json()["dag_runs"]  # noqa: E731
+    wait_for(lambda: runs(), timeout=60, what="the subject request's run")
+    run_id = runs()[0]["dag_run_id"]
+    assert wait_for_run_end(client, SUBJECT_DAG_ID, run_id, timeout=RUN_TIMEOUT) == "success"
+    report = client.get(f"/lifecycle/reports/{SUBJECT_DAG_ID}/{quote(run_id, safe='')}").text
+    assert "Dry run" in report and "Deletion certificate" in report
+    assert address.split("@")[0] not in report.lower()
+
+
+def a_smicer_address(url: str) -> str:
+    engine = make_engine(url)
+    smicers = table("smicers", column("email"), column("closed_at"))
+    query = select(smicers.c.email).where(smicers.c.closed_at.is_(None), smicers.c.email.like("%@%.%"))
+    with engine.connect() as connection:
+        address = connection.execute(query.limit(1)).scalar_one()
+    engine.dispose()
+    return address.strip().lower()
