@@ -348,18 +348,29 @@ def _held_keys(engine, rule) -> set[int]:
                     text(f"SELECT t.id, s.email FROM {rule.table} t JOIN smicers s ON s.id = t.smicer_id")
                 ).all()
             )
+        # Smicers a legal hold reaches by key: their own row's, or any row's of their bundle.
+        smicer_bundle = POLICY.bundles["smicer"]
+        bundle_held = set(
+            connection.execute(
+                text(f"SELECT record_key FROM {holds} WHERE table_name = 'smicers' AND lifted_at IS NULL")
+            ).scalars()
+        )
+        for member in smicer_bundle.members:
+            bundle_held |= set(
+                connection.execute(
+                    text(
+                        f"SELECT m.{member.link} FROM {member.table} m JOIN {holds} h "
+                        f"ON h.table_name = :t AND h.record_key = m.id AND h.lifted_at IS NULL"
+                    ),
+                    {"t": member.table},
+                ).scalars()
+            )
         members = set()
         if rule.bundle:
-            for member in POLICY.bundles[rule.bundle].members:
-                members |= set(
-                    connection.execute(
-                        text(
-                            f"SELECT m.{member.link} FROM {member.table} m JOIN {holds} h "
-                            f"ON h.table_name = :t AND h.record_key = m.id AND h.lifted_at IS NULL"
-                        ),
-                        {"t": member.table},
-                    ).scalars()
-                )
+            members = bundle_held
+        elif owners or POLICY.bundle_membership(rule.table):
+            linked = connection.execute(text(f"SELECT id, smicer_id FROM {rule.table}")).all()
+            members = {key for key, smicer in linked if smicer in bundle_held}
     normalized = {k: v.strip().lower() for k, v in {**own, **owners}.items() if isinstance(v, str)}
     by_email = {k for k, v in normalized.items() if v in emails}
     return (keyed | by_email | members) if rule.holds else set()

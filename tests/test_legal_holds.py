@@ -147,6 +147,23 @@ def test_holds_keep_records_from_the_rules_until_lifted(engine, tmp_path):
     assert (exists(engine, "prospects", held_by_email), exists(engine, "prospects", held_by_key)) == (False, False)
 
 
+def test_a_hold_on_a_smicer_or_one_row_of_the_bundle_keeps_the_whole_bundle_from_every_rule(engine, tmp_path):
+    old = {"connected_at": datetime(2020, 1, 1)}
+    by_smicer, by_row, free = (add(engine, "smicers") for _ in range(3))
+    logs = {
+        smicer: [add(engine, "connection_logs", smicer_id=smicer, **old) for _ in range(2)]
+        for smicer in (by_smicer, by_row, free)
+    }
+    place_hold(engine, POLICY, table="smicers", key=by_smicer, reason="litigation 2026-17")
+    place_hold(engine, POLICY, table="connection_logs", key=logs[by_row][0], reason="audit 9")
+
+    summary = run_rules(engine, AS_OF, tmp_path, ["connection-logs"])
+
+    assert summary["rules"]["connection-logs"]["held"] == 4
+    assert all(exists(engine, "connection_logs", key) for key in logs[by_smicer] + logs[by_row])
+    assert not any(exists(engine, "connection_logs", key) for key in logs[free])
+
+
 def test_the_command_places_lists_and_lifts_without_printing_the_address(sqlite_url, tmp_path):
     future = (date.today() + timedelta(days=30)).isoformat()
     database = ("--database-url", sqlite_url)

@@ -133,7 +133,7 @@ class DecisionStatement:
     def __init__(self, run, rule: Rule):
         policy = run.policy
         reading = RuleReading.of(policy, rule)
-        self.params: dict = {}
+        holds, self.params = holds_context(policy, run.tables, rule.table, enabled=rule.holds)
         self._subject = run.subject_email
         self.context = {
             "table": rule.table,
@@ -148,7 +148,7 @@ class DecisionStatement:
             "anchor_columns": [ref for w in rule.windows for ref in w.columns],
             "anchorless_is_invalid": rule.without_anchor == "invalid",
             "archive": rule.archive and {"source": rule.archive.source, "period": _period(rule.archive.retain_for)},
-            "holds": self._holds(run, rule),
+            "holds": holds,
             "candidates": run.tables.qualified(run.tables.candidates),
             "reactivation": rule.action == "reactivate"
             and {
@@ -157,7 +157,7 @@ class DecisionStatement:
             },
         }
         self._bind_instants(run, rule)
-        self.params |= {"today": run.today, "hold_table": rule.table, "rule_id": rule.id}
+        self.params |= {"today": run.today, "rule_id": rule.id}
 
     def _bind_instants(self, run, rule: Rule) -> None:
         """The anchors due under each window (and the end of the reactivation's grace period), as
@@ -192,25 +192,6 @@ class DecisionStatement:
             )
         return rendered
 
-    def _holds(self, run, rule: Rule) -> dict:
-        policy = run.policy
-        restriction = policy.restriction_holds
-        return {
-            "enabled": rule.holds,
-            "email": policy.tables[rule.table].email,
-            "owner": _owner(policy, rule),
-            "bundle_members": [
-                {"table": m.table, "key": policy.tables[m.table].key, "link": m.link}
-                for m in (policy.bundles[rule.bundle].members if rule.bundle else ())
-            ],
-            "legal_holds": run.tables.qualified(run.tables.legal_holds),
-            "restriction": {
-                "table": restriction.table,
-                "email": restriction.email,
-                "filters": self._conditions(restriction.filters, "restriction", alias="r"),
-            },
-        }
-
 
 def _window(window) -> dict:
     columns = window.columns
@@ -235,14 +216,43 @@ def _bundle_events(policy: Policy, rule: Rule) -> list[dict]:
     ]
 
 
-def _owner(policy: Policy, rule: Rule) -> dict | None:
-    """The smicer owning a bundle member's rows: their hold holds the row."""
-    membership = policy.bundle_membership(rule.table)
-    if membership is None:
+def holds_context(policy: Policy, tables, table: str | None = None, *, enabled: bool = True) -> tuple[dict, dict]:
+    """What holds a record of `table` (decision.sql's held_any; without a table, the held emails only)
+    and the values it binds but `today`: its email column, the bundle it belongs to as root or member
+    (a row of a bundle is held when its smicer or any row of the bundle is), the open restriction
+    requests and the legal holds."""
+    restriction = policy.restriction_holds
+    filters = [
+        {"alias": "r", "column": flt.column.column, "op": flt.op, "param": f"restriction_{i}"}
+        for i, flt in enumerate(restriction.filters)
+    ]
+    params = {f["param"]: flt.value for f, flt in zip(filters, restriction.filters, strict=True) if flt.op == "eq"}
+    context = {
+        "enabled": enabled,
+        "legal_holds": tables.qualified(tables.legal_holds),
+        "restriction": {"table": restriction.table, "email": restriction.email, "filters": filters},
+    }
+    if table is None:
+        return context, params
+    context |= {"email": policy.tables[table].email, "bundle": _bundle_of(policy, table)}
+    return context, params | {"hold_table": table}
+
+
+def _bundle_of(policy: Policy, table: str) -> dict | None:
+    """The bundle a row of `table` belongs to, as its root or as a member (`link`: the member's column
+    naming the root), or None."""
+    membership = policy.bundle_membership(table)
+    bundle = membership[0] if membership else next((b for b in policy.bundles.values() if b.root == table), None)
+    if bundle is None:
         return None
-    bundle, member = membership
     root = policy.tables[bundle.root]
-    return {"table": root.name, "key": root.key, "email": root.email, "link": member.link}
+    return {
+        "table": root.name,
+        "key": root.key,
+        "email": root.email,
+        "link": membership[1].link if membership else None,
+        "members": [{"table": m.table, "key": policy.tables[m.table].key, "link": m.link} for m in bundle.members],
+    }
 
 
 def _instant_binder(dialect: str):

@@ -10,6 +10,7 @@ from datetime import date
 
 from sqlalchemy import insert, select, update
 
+from lifecycle.decide import holds_context
 from lifecycle.periods import utc_date
 from lifecycle.policy import Rule
 from lifecycle.rows import email_digest
@@ -47,8 +48,9 @@ def purge_expired(run: RunContext, rule: Rule) -> dict:
 
 def _held_subjects(run: RunContext) -> tuple[set[str], set[tuple[str, int]]]:
     """Digests of the emails held now, and the records held by an operator's legal hold."""
-    query = statement(run.engine, HELD_EMAILS, r={"holds": _holds_context(run)})
-    params = _holds_params(run)
+    holds, params = holds_context(run.policy, run.tables)
+    query = statement(run.engine, HELD_EMAILS, r={"holds": holds})
+    params |= {"today": run.today}
     holds = run.tables.legal_holds
     with run.engine.connect() as connection:
         emails = {email_digest(email) for (email,) in connection.execute(query, params)}
@@ -62,26 +64,6 @@ def _held_subjects(run: RunContext) -> tuple[set[str], set[tuple[str, int]]]:
             ).all()
         )
     return {digest for digest in emails if digest}, records
-
-
-def _holds_context(run: RunContext) -> dict:
-    restriction = run.policy.restriction_holds
-    return {
-        "legal_holds": run.tables.qualified(run.tables.legal_holds),
-        "restriction": {
-            "table": restriction.table,
-            "email": restriction.email,
-            "filters": [
-                {"alias": "r", "column": f.column.column, "op": f.op, "param": f"restriction_{i}"}
-                for i, f in enumerate(restriction.filters)
-            ],
-        },
-    }
-
-
-def _holds_params(run: RunContext) -> dict:
-    params = {f"restriction_{i}": f.value for i, f in enumerate(run.policy.restriction_holds.filters) if f.op == "eq"}
-    return params | {"today": run.today}
 
 
 def _holds_held_record(run: RunContext, batch_key: str, held: tuple[set[str], set[tuple[str, int]]]) -> bool:

@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from sqlalchemy import BigInteger, Column, Engine, MetaData, PrimaryKeyConstraint, String, Table, insert, inspect
+from sqlalchemy import BigInteger, Column, Engine, MetaData, PrimaryKeyConstraint, String, Table, insert
 from sqlalchemy.exc import IntegrityError
 
 from lifecycle.app_database import data_dir, environment_database_url
+from lifecycle.decide import holds_context
 from lifecycle.ledger import read_ledger
 from lifecycle.policy import Policy
 from lifecycle.run import now_utc_naive
@@ -64,7 +65,8 @@ class Target:
     key: str
     action: str
     link: str | None  # pseudonymised: the bundle link set to NULL again
-    holds: dict  # what holds its rows (HOLD_MACROS)
+    holds: dict  # what holds its rows (decision.sql's held_any, lifecycle.decide.holds_context)
+    hold_params: dict
 
 
 def replay_erasures(
@@ -81,9 +83,9 @@ def replay_erasures(
     """Erase again what the ledger since `since` names and the database holds again; the counts per
     table and action: in the ledger, present again, held (left in place), erased or pseudonymised again."""
     keys, records = read_ledger(store, since)
-    targets = _targets(policy, records)
-    if not dry_run:
-        ensure_lifecycle_tables(engine)
+    # A dry run too reads the holds from the pipeline's tables, created (empty) where missing.
+    tables = ensure_lifecycle_tables(engine)
+    targets = _targets(policy, tables, records)
     replay = _Replay(engine, policy, dry_run, dag_id, run_id or f"replay__{now_utc_naive():%Y%m%dT%H%M%S}", today)
     counts: dict[str, dict[str, dict[str, int]]] = {}
     with engine.connect() as connection:
@@ -104,14 +106,14 @@ def replay_erasures(
     }
 
 
-def _targets(policy: Policy, records) -> list[Target]:
+def _targets(policy: Policy, tables, records) -> list[Target]:
     """The (table, action) pairs of the ledger, checked against the policy, children before parents."""
     pairs = records.group_by(["table_name", "action"], use_threads=False).aggregate([]).to_pylist()
-    targets = [_target(policy, pair["table_name"], pair["action"]) for pair in pairs]
+    targets = [_target(policy, tables, pair["table_name"], pair["action"]) for pair in pairs]
     return sorted(targets, key=lambda t: (_rank(policy, t.table), list(policy.tables).index(t.table), t.action))
 
 
-def _target(policy: Policy, table: str, action: str) -> Target:
+def _target(policy: Policy, tables, table: str, action: str) -> Target:
     if table not in policy.tables:
         raise ReplayError(f"the ledger names table {table!r}, which the policy does not know: nothing was replayed")
     membership = policy.bundle_membership(table)
@@ -123,7 +125,7 @@ def _target(policy: Policy, table: str, action: str) -> Target:
         link = None
     else:
         raise ReplayError(f"the ledger names an unknown action {action!r} on {table}: nothing was replayed")
-    return Target(table, policy.tables[table].key, action, link, _holds(policy, table))
+    return Target(table, policy.tables[table].key, action, link, *holds_context(policy, tables, table))
 
 
 def _rank(policy: Policy, table: str) -> int:
@@ -135,39 +137,6 @@ def _rank(policy: Policy, table: str) -> int:
     return 2 if table in parents else 1
 
 
-def _holds(policy: Policy, table: str) -> dict:
-    """What holds a row of `table` (HOLD_MACROS): its email column, and the bundle it belongs to, as
-    root or member (`link`: the member's column naming the root)."""
-    restriction = policy.restriction_holds
-    return {
-        "email": policy.tables[table].email,
-        "root": _bundle_root(policy, table),
-        "restriction": {
-            "table": restriction.table,
-            "email": restriction.email,
-            "filters": [
-                {"alias": "r", "column": f.column.column, "op": f.op, "param": f"restriction_{i}"}
-                for i, f in enumerate(restriction.filters)
-            ],
-        },
-    }
-
-
-def _bundle_root(policy: Policy, table: str) -> dict | None:
-    membership = policy.bundle_membership(table)
-    bundle = membership[0] if membership else next((b for b in policy.bundles.values() if b.root == table), None)
-    if bundle is None:
-        return None
-    root = policy.tables[bundle.root]
-    return {
-        "table": root.name,
-        "key": root.key,
-        "email": root.email,
-        "link": membership[1].link if membership else None,
-        "members": [{"table": m.table, "key": policy.tables[m.table].key, "link": m.link} for m in bundle.members],
-    }
-
-
 class _Replay:
     """The statements of one replay, on one session (its temporary table of staged keys)."""
 
@@ -175,11 +144,8 @@ class _Replay:
         self.engine = engine
         self.dry_run = dry_run
         tables = lifecycle_tables(engine)
-        self.holds_table = tables.qualified(tables.legal_holds)
-        self.holds_exist = inspect(engine).has_table(tables.legal_holds.name, schema=tables.legal_holds.schema)
         self.audit = tables.qualified(tables.audit_events)
-        restriction = policy.restriction_holds.filters
-        self.params = {f"restriction_{i}": f.value for i, f in enumerate(restriction) if f.op == "eq"} | {
+        self.params = {
             "today": today or datetime.now(UTC).date(),
             "dag_id": dag_id,
             "run_id": run_id,
@@ -209,7 +175,7 @@ class _Replay:
 
     def target(self, connection, staged: Table, target: Target) -> dict[str, int]:
         """Each range of the target's staged keys in its own transaction; the target's counts."""
-        context = {"staged": staged.name, "x": target, "holds": self.holds_exist, "holds_table": self.holds_table}
+        context = {"staged": staged.name, "x": target}
         of_target = {"table_name": target.table, "action": target.action}
         with connection.begin():
             starts = connection.execute(
@@ -218,9 +184,8 @@ class _Replay:
         done = 0
         for low, high in _ranges(starts):
             with connection.begin():
-                done += self._replay_range(
-                    connection, context, self.params | of_target | {"key_from": low, "key_to": high}
-                )
+                bounds = {"key_from": low, "key_to": high}
+                done += self._replay_range(connection, context, self.params | target.hold_params | of_target | bounds)
         with connection.begin():
             states = dict(connection.execute(statement(self.engine, STATES, staged=staged.name), of_target).all())
         return {
@@ -398,56 +363,8 @@ SELECT x.record_key, x.last_key
  ORDER BY x.record_key
 """
 
-HOLD_MACROS = """\
-{# Whether the row `t` of the target `x` is held now, as the rules hold it: its own key or email, and
-   for a bundle's root or member row, the smicer's key or email or any of the bundle's rows' keys.
-   The legal holds are read only where the pipeline's tables exist (`holds`). #}
+MARK_PRESENT = """\
 {% import "decision.sql" as m %}
-{% macro active() %}lh.lifted_at IS NULL AND (lh.until IS NULL OR lh.until > :today){% endmacro %}
-{% macro held_emails() -%}
-SELECT LOWER(TRIM(r.{{ x.holds.restriction.email | q }})) FROM {{ x.holds.restriction.table | q }} r
- WHERE {% for f in x.holds.restriction.filters %}{% if not loop.first %} AND {% endif %}{{ m.condition(f) }}{% endfor %}
-
-{% if holds %}
-UNION
-SELECT lh.email_normalized FROM {{ holds_table }} lh WHERE lh.email_normalized IS NOT NULL AND {{ active() }}
-{% endif %}
-{%- endmacro %}
-{% macro key_held(table) -%}
-SELECT lh.record_key FROM {{ holds_table }} lh WHERE lh.table_name = '{{ table }}' AND {{ active() }}
-{%- endmacro %}
-{% macro held() -%}
-(
-{% if x.holds.email %}
-  LOWER(TRIM(t.{{ x.holds.email | q }})) IN ({{ held_emails() }}) OR
-{% endif %}
-{% if holds %}
-  t.{{ x.key | q }} IN ({{ key_held(x.table) }}) OR
-{% endif %}
-{% set root = x.holds.root %}
-{% if root %}
-{% set column = 't.' ~ ((root.link or x.key) | q) %}
-{% if root.email %}
-  {{ column }} IN (SELECT o.{{ root.key | q }} FROM {{ root.table | q }} o
-                    WHERE LOWER(TRIM(o.{{ root.email | q }})) IN ({{ held_emails() }})) OR
-{% endif %}
-{% if holds %}
-  {{ column }} IN ({{ key_held(root.table) }}) OR
-{% for member in root.members %}
-  {{ column }} IN (SELECT hm.{{ member.link | q }} FROM {{ holds_table }} lh
-                     JOIN {{ member.table | q }} hm ON hm.{{ member.key | q }} = lh.record_key
-                    WHERE lh.table_name = '{{ member.table }}' AND {{ active() }}) OR
-{% endfor %}
-{% endif %}
-{% endif %}
-  1 = 0
-)
-{%- endmacro %}
-"""
-
-MARK_PRESENT = (
-    HOLD_MACROS
-    + """\
 {# The staged keys of a range whose row is present again (for a pseudonymised row: linked again),
    marked `state`: 'held' those held now, then 'present' the others. #}
 UPDATE {{ staged }}
@@ -460,11 +377,10 @@ UPDATE {{ staged }}
                          AND t.{{ x.link | q }} IS NOT NULL
 {% endif %}
 {% if state == 'held' %}
-                         AND {{ held() }}
+                         AND {{ m.held_any(x.holds, x.key) }}
 {% endif %}
                      )
 """
-)
 
 ERASE_AGAIN = """\
 {# The range's rows marked present: deleted, or (pseudonymised) their bundle link set to NULL. #}

@@ -102,26 +102,37 @@ SELECT lh.email_normalized FROM {{ h.legal_holds }} lh
  WHERE lh.email_normalized IS NOT NULL AND lh.lifted_at IS NULL AND (lh.until IS NULL OR lh.until > :today)
 {%- endmacro %}
 
-{# True when the record, the smicer owning it, or (for a bundle) a row of the bundle is held. Each
-   test is an uncorrelated subquery, which the databases compute once per statement. #}
+{# The keys of `table` an active legal hold holds by key. #}
+{% macro held_keys(h, table) -%}
+SELECT lh.record_key FROM {{ h.legal_holds }} lh
+ WHERE lh.table_name = {{ table }} AND lh.lifted_at IS NULL AND (lh.until IS NULL OR lh.until > :today)
+{%- endmacro %}
+
+{# True when the record is held (lifecycle.decide.holds_context): by its email, by its key, or, in a
+   smicer's bundle, because the smicer is held (by email or key) or any row of the bundle is held by
+   key. Each test is an uncorrelated subquery, which the databases compute once per statement. #}
 {% macro held_any(h, key) -%}
 {% if not h.enabled %}1 = 0{% else %}
 (
 {% if h.email %}
   LOWER(TRIM(t.{{ h.email | q }})) IN ({{ held_emails(h) }}) OR
 {% endif %}
-{% if h.owner %}
-  t.{{ h.owner.link | q }} IN (SELECT o.{{ h.owner.key | q }} FROM {{ h.owner.table | q }} o
-                                WHERE LOWER(TRIM(o.{{ h.owner.email | q }})) IN ({{ held_emails(h) }})) OR
+{% if h.bundle %}
+{% set smicer = 't.' ~ ((h.bundle.link or key) | q) %}
+{% if h.bundle.link %}
+{% if h.bundle.email %}
+  {{ smicer }} IN (SELECT o.{{ h.bundle.key | q }} FROM {{ h.bundle.table | q }} o
+                    WHERE LOWER(TRIM(o.{{ h.bundle.email | q }})) IN ({{ held_emails(h) }})) OR
 {% endif %}
-{% for member in h.bundle_members %}
-  t.{{ key | q }} IN (SELECT hm.{{ member.link | q }} FROM {{ h.legal_holds }} lh
-                       JOIN {{ member.table | q }} hm ON hm.{{ member.key | q }} = lh.record_key
-                      WHERE lh.table_name = '{{ member.table }}'
-                        AND lh.lifted_at IS NULL AND (lh.until IS NULL OR lh.until > :today)) OR
+  {{ smicer }} IN ({{ held_keys(h, "'" ~ h.bundle.table ~ "'") }}) OR
+{% endif %}
+{# (A derived table: MariaDB reads no table its DELETE erases from, but the one it has copied.) #}
+{% for member in h.bundle.members %}
+  {{ smicer }} IN (SELECT d.smicer FROM (SELECT hm.{{ member.link | q }} AS smicer FROM {{ member.table | q }} hm
+                    WHERE hm.{{ member.key | q }} IN ({{ held_keys(h, "'" ~ member.table ~ "'") }})) d) OR
 {% endfor %}
-  t.{{ key | q }} IN (SELECT lh.record_key FROM {{ h.legal_holds }} lh
-                       WHERE lh.table_name = :hold_table AND lh.lifted_at IS NULL AND (lh.until IS NULL OR lh.until > :today))
+{% endif %}
+  t.{{ key | q }} IN ({{ held_keys(h, ':hold_table') }})
 )
 {% endif %}
 {%- endmacro %}
