@@ -15,18 +15,19 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
-from sqlalchemy import Engine, Select, func, select
+from sqlalchemy import func, select
 
 from lifecycle.policy import Rule
 from lifecycle.report_paths import safe_run_id
+from lifecycle.rows import ArrowConverter, record_batches
 from lifecycle.run import RunContext
+from lifecycle.sql import statement
 from lifecycle.stores import ArchiveError, open_archive_store
 
 LEDGER_PREFIX = "ledger/"
 FORMAT_VERSION = "1"
 ACTIONS = ("erased", "pseudonymised")
 COLUMNS = ("dag_id", "run_id", "rule", "action", "table_name", "record_key", "policy_version", "recorded_at")
-ROWS_PER_BATCH = 50_000
 # What the replay reads of each record.
 RECORD_COLUMNS = ("action", "table_name", "record_key")
 
@@ -45,10 +46,9 @@ def export_ledger(run: RunContext, rule: Rule) -> str | None:
     if first_erased is None:
         return None
     key = ledger_key(first_erased.date(), run.dag_id, run.run_id, rule.id)
-    rows = select(*(trail.c[name] for name in COLUMNS)).where(*of_rule).order_by(trail.c.table_name, trail.c.record_key)
     with tempfile.TemporaryDirectory(prefix="ledger-") as scratch:
         path = Path(scratch) / "ledger.parquet"
-        _write_parquet(run.engine, rows, path)
+        _write_parquet(run, rule, path)
         open_archive_store(run.archive_uri, run.s3_options).put_ledger(key, path)
     return key
 
@@ -58,27 +58,27 @@ def ledger_key(day: date, dag_id: str, run_id: str, rule_id: str) -> str:
 
 
 def ledger_schema():
-    import pyarrow as pa
-
-    types = dict.fromkeys(COLUMNS, pa.string()) | {
-        "record_key": pa.int64(),
-        "recorded_at": pa.timestamp("us", tz="UTC"),
-    }
-    return pa.schema([(name, types[name]) for name in COLUMNS], metadata={"format_version": FORMAT_VERSION})
+    return _converter().schema.with_metadata({"format_version": FORMAT_VERSION})
 
 
-def _write_parquet(engine: Engine, rows: Select, path: Path) -> None:
-    """The rows streamed from the database into one Parquet file, a row group per batch of rows."""
-    import pyarrow as pa
+def _converter() -> ArrowConverter:
+    kinds = dict.fromkeys(COLUMNS, "text") | {"record_key": "int", "recorded_at": "timestamp"}
+    return ArrowConverter.of_columns("audit_trail", "record_key", kinds)
+
+
+def _write_parquet(run: RunContext, rule: Rule, path: Path) -> None:
+    """The rule's erasures in the run streamed from the database into one Parquet file, table by table
+    (the rule's, then its bundle's), as the archive exports rows: through COPY on PostgreSQL."""
     import pyarrow.parquet as pq
 
-    schema = ledger_schema()
-    with engine.connect() as connection, pq.ParquetWriter(path, schema, compression="zstd") as writer:
-        result = connection.execution_options(stream_results=True).execute(rows)
-        for batch in result.partitions(ROWS_PER_BATCH):
-            columns = zip(*batch, strict=True)
-            arrays = [pa.array(values, type=field.type) for values, field in zip(columns, schema, strict=True)]
-            writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
+    members = run.policy.bundles[rule.bundle].members if rule.bundle else ()
+    query = statement(run.engine, LEDGER_ROWS, trail=run.tables.qualified(run.tables.audit_trail))
+    params = {"dag_id": run.dag_id, "run_id": run.run_id, "rule": rule.id, "after": -(2**63)}
+    converter, schema = _converter(), ledger_schema()
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        for table in [rule.table, *(member.table for member in members)]:
+            for batch in record_batches(run.engine, query, params | {"table_name": table}, converter):
+                writer.write_batch(batch.replace_schema_metadata(schema.metadata))
 
 
 def read_ledger(store, since: date) -> tuple[list[str], object]:
@@ -108,3 +108,16 @@ def _records(key: str, local: Path, schema):
         return pq.read_table(local, columns=list(RECORD_COLUMNS)).cast(schema)
     except (pa.ArrowException, OSError, KeyError) as error:
         raise ArchiveError(f"ledger object {key} is not a readable ledger: {type(error).__name__}") from None
+
+
+# The statements this module runs: Jinja templates (lifecycle.sql).
+
+LEDGER_ROWS = """\
+{# A run's erasures of one rule in one table, from the audit trail, in key order after :after (where
+   lifecycle.rows takes up a stream again). #}
+SELECT dag_id, run_id, rule, action, table_name, record_key, policy_version, recorded_at
+  FROM {{ trail }}
+ WHERE dag_id = :dag_id AND run_id = :run_id AND rule = :rule AND table_name = :table_name
+   AND action IN ('erased', 'pseudonymised') AND record_key > :after
+ ORDER BY record_key
+"""

@@ -66,6 +66,15 @@ class ArrowConverter:
 
     @classmethod
     def for_table(cls, engine: Engine, table: str, key: str) -> ArrowConverter:
+        reflected = inspect(engine).get_columns(table)
+        kinds = {column["name"]: _kind(column["type"]) for column in reflected}
+        aware = {column["name"] for column in reflected if getattr(column["type"], "timezone", False)}
+        return cls.of_columns(table, key, kinds, aware)
+
+    @classmethod
+    def of_columns(cls, table: str, key: str, kinds: dict[str, str], aware: set[str] = frozenset()) -> ArrowConverter:
+        """For columns of the given kinds (int, bool, timestamp, date, float, text); timestamps but those
+        `aware` of their time zone are UTC without one."""
         import pyarrow as pa
 
         arrow_types = {
@@ -76,20 +85,17 @@ class ArrowConverter:
             "float": pa.float64(),
             "text": pa.string(),
         }
-        reflected = inspect(engine).get_columns(table)
-        names = [column["name"] for column in reflected]
-        kinds = [_kind(column["type"]) for column in reflected]
         csv_types = [
-            pa.timestamp("us") if kind == "timestamp" and not column["type"].timezone else arrow_types[kind]
-            for column, kind in zip(reflected, kinds, strict=True)
+            pa.timestamp("us") if kind == "timestamp" and name not in aware else arrow_types[kind]
+            for name, kind in kinds.items()
         ]
         return cls(
             table,
             key,
-            names,
-            kinds,
-            pa.schema([(name, arrow_types[kind]) for name, kind in zip(names, kinds, strict=True)]),
-            pa.schema(list(zip(names, csv_types, strict=True))),
+            list(kinds),
+            list(kinds.values()),
+            pa.schema([(name, arrow_types[kind]) for name, kind in kinds.items()]),
+            pa.schema(list(zip(kinds, csv_types, strict=True))),
         )
 
     def from_rows(self, rows: list) -> object:

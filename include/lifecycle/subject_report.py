@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from html import escape
 
-from lifecycle.report_html import BASE_CSS
+from lifecycle.report_html import html_page, number_cell
 from lifecycle.run import RunContext
 
 TITLES = {"erasure": "Deletion certificate"}
@@ -98,7 +98,7 @@ def render_html(report: dict) -> str:
         head = "".join(f'<th class="num">{escape(column)}</th>' for column in columns)
         rows = "".join(
             f"<tr><td><code>{escape(table)}</code></td>"
-            + "".join(f'<td class="num">{entry.get(column, 0)}</td>' for column in columns)
+            + "".join(number_cell(entry.get(column)) for column in columns)
             + f"<td>{escape(_why(entry))}</td></tr>"
             for table, entry in tables.items()
         )
@@ -112,7 +112,4 @@ def render_html(report: dict) -> str:
             for b in batches
         )
         body.append(f"<h2>Archive batches</h2><ul>{items}</ul>")
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(_title(report))}</title>'
-        f"<style>{BASE_CSS}</style></head>\n<body><main>{''.join(body)}</main></body></html>\n"
-    )
+    return html_page(_title(report), "".join(body))
