@@ -104,13 +104,14 @@ SELECT lh.email_normalized FROM {{ h.legal_holds }} lh
 
 {# The keys of `table` an active legal hold holds by key. #}
 {% macro held_keys(h, table) -%}
-SELECT lh.record_key FROM {{ h.legal_holds }} lh
+SELECT lh.record_key AS held_key FROM {{ h.legal_holds }} lh
  WHERE lh.table_name = {{ table }} AND lh.lifted_at IS NULL AND (lh.until IS NULL OR lh.until > :today)
 {%- endmacro %}
 
 {# True when the record is held (lifecycle.decide.holds_context): by its email, by its key, or, in a
    smicer's bundle, because the smicer is held (by email or key) or any row of the bundle is held by
-   key. Each test is an uncorrelated subquery, which the databases compute once per statement. #}
+   key. Each test is an uncorrelated subquery, which the databases compute once per statement and
+   look each row up in. #}
 {% macro held_any(h, key) -%}
 {% if not h.enabled %}1 = 0{% else %}
 (
@@ -118,19 +119,27 @@ SELECT lh.record_key FROM {{ h.legal_holds }} lh
   LOWER(TRIM(t.{{ h.email | q }})) IN ({{ held_emails(h) }}) OR
 {% endif %}
 {% if h.bundle %}
-{% set smicer = 't.' ~ ((h.bundle.link or key) | q) %}
+{# The smicers held, in one subquery (one lookup per row): by email and key (for a member's row; a
+   root's own are tested above and below), or through any row of their bundle held by key. A derived
+   table, as MariaDB reads no table its DELETE erases from but the one it has copied. #}
+  t.{{ (h.bundle.link or key) | q }} IN (SELECT d.held_key FROM (
 {% if h.bundle.link %}
 {% if h.bundle.email %}
-  {{ smicer }} IN (SELECT o.{{ h.bundle.key | q }} FROM {{ h.bundle.table | q }} o
-                    WHERE LOWER(TRIM(o.{{ h.bundle.email | q }})) IN ({{ held_emails(h) }})) OR
+         SELECT o.{{ h.bundle.key | q }} AS held_key FROM {{ h.bundle.table | q }} o
+          WHERE LOWER(TRIM(o.{{ h.bundle.email | q }})) IN ({{ held_emails(h) }})
+         UNION
 {% endif %}
-  {{ smicer }} IN ({{ held_keys(h, "'" ~ h.bundle.table ~ "'") }}) OR
+         {{ held_keys(h, "'" ~ h.bundle.table ~ "'") }}
+         UNION
 {% endif %}
-{# (A derived table: MariaDB reads no table its DELETE erases from, but the one it has copied.) #}
 {% for member in h.bundle.members %}
-  {{ smicer }} IN (SELECT d.smicer FROM (SELECT hm.{{ member.link | q }} AS smicer FROM {{ member.table | q }} hm
-                    WHERE hm.{{ member.key | q }} IN ({{ held_keys(h, "'" ~ member.table ~ "'") }})) d) OR
+         SELECT hm.{{ member.link | q }} AS held_key FROM {{ member.table | q }} hm
+          WHERE hm.{{ member.key | q }} IN ({{ held_keys(h, "'" ~ member.table ~ "'") }})
+{% if not loop.last %}
+         UNION
+{% endif %}
 {% endfor %}
+       ) d) OR
 {% endif %}
   t.{{ key | q }} IN ({{ held_keys(h, ':hold_table') }})
 )

@@ -16,7 +16,7 @@ from airflow_harness import dag_bag, run_dag, run_log, task_logs, task_states, x
 from lifecycle.appschema import create_app_schema
 from lifecycle.report_paths import run_report_dir
 from lifecycle.store import make_engine
-from tests.lifecycle_helpers import fingerprint, scalar
+from tests.lifecycle_helpers import exists, fingerprint, run_rules, scalar, utc
 from tests.test_subject_request import CANARY_MARKS, TYPED, seed
 
 pytestmark = pytest.mark.airflow
@@ -102,6 +102,36 @@ def test_an_erasure_is_a_dry_run_first_then_carried_out_with_its_certificate(app
     assert scalar(application, "SELECT status FROM rights_requests WHERE id = :k", k=request_id) == "done"
     for dag_run in (dry_run, real_run):
         _no_address(dag_run, _report(tmp_path, dag_run))
+
+
+def test_restriction_objection_and_withdrawal_through_airflow(application, tmp_path):
+    mine = seed(application)
+    logs = mine["connection_logs"]
+
+    def ask(kind: str, hour: int) -> dict:
+        state, dag_run = run_dag(
+            "subject_request", LOGICAL_DATE.replace(hour=hour), conf={"email": TYPED, "kind": kind}
+        )
+        assert state == "success", task_states(dag_run)
+        _no_address(dag_run, _report(tmp_path, dag_run))
+        return xcoms(dag_run)["carry_out"]["return_value"]
+
+    restricted = ask("restriction", 10)
+    run_rules(application, utc(2027, 6, 1), tmp_path, ["connection-logs"], run_id="nightly_1")
+    kept = [key for key in logs if exists(application, "connection_logs", key)]
+    lifted = ask("lift_restriction", 11)
+    run_rules(application, utc(2027, 6, 1), tmp_path, ["connection-logs"], run_id="nightly_2")
+    objected = ask("objection", 12)
+    withdrawn = ask("withdraw_consent", 13)
+
+    assert restricted["tables"]["rights_requests"]["restriction opened"] == 1
+    assert kept == logs, "the restriction holds the nightly rules"
+    assert lifted["tables"]["rights_requests"]["restrictions lifted"] == 1
+    assert not any(exists(application, "connection_logs", key) for key in logs), "released by the lift"
+    assert objected["tables"]["prospects"]["erased"] == 1
+    assert objected["tables"]["prospecting_objections"]["objection recorded"] == 1
+    assert withdrawn["outcome"] == "nothing found"  # the objection erased the subscriptions already
+    assert scalar(application, "SELECT COUNT(*) FROM newsletter_subscriptions") == 2  # the neighbour's
 
 
 def test_a_malformed_request_fails_at_check_and_changes_nothing(application, tmp_path):
