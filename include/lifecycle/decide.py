@@ -134,12 +134,11 @@ class DecisionStatement:
         policy = run.policy
         reading = RuleReading.of(policy, rule)
         holds, self.params = holds_context(policy, run.tables, rule.table, enabled=rule.holds)
-        self._subject = run.subject_email
         self.context = {
             "table": rule.table,
             "key": policy.tables[rule.table].key,
             "parent": rule.parent,
-            "filters": self._conditions(rule.filters, "filter"),
+            "filters": self._filters(rule.filters, run.subject_email),
             "selected": reading.selected,
             "events": reading.events,
             "bundle_events": _bundle_events(policy, rule),
@@ -179,17 +178,15 @@ class DecisionStatement:
             retain_until = _retain_until(rule, {}, as_of)
             self.params["retain_until_from_as_of"] = retain_until and day(retain_until)
 
-    def _conditions(self, filters: tuple[Filter, ...], prefix: str, alias: str | None = None) -> list[dict]:
+    def _filters(self, filters: tuple[Filter, ...], subject_email: str | None) -> list[dict]:
+        """The rule's filters as decision.sql's `condition` renders them, their values bound (a
+        `subject` filter: the request's address)."""
         rendered = []
         for i, flt in enumerate(filters):
-            param = f"{prefix}_{i}"
-            if flt.op == "eq":
-                self.params[param] = flt.value
-            if flt.op == "subject":
-                self.params[param] = self._subject
-            rendered.append(
-                {"alias": alias or flt.column.alias, "column": flt.column.column, "op": flt.op, "param": param}
-            )
+            param = f"filter_{i}"
+            if flt.op in ("eq", "subject"):
+                self.params[param] = flt.value if flt.op == "eq" else subject_email
+            rendered.append({"alias": flt.column.alias, "column": flt.column.column, "op": flt.op, "param": param})
         return rendered
 
 

@@ -48,8 +48,8 @@ def purge_expired(run: RunContext, rule: Rule) -> dict:
 
 def _held_subjects(run: RunContext) -> tuple[set[str], set[tuple[str, int]]]:
     """Digests of the emails held now, and the records held by an operator's legal hold."""
-    holds, params = holds_context(run.policy, run.tables)
-    query = statement(run.engine, HELD_EMAILS, r={"holds": holds})
+    context, params = holds_context(run.policy, run.tables)
+    query = statement(run.engine, HELD_EMAILS, r={"holds": context})
     params |= {"today": run.today}
     holds = run.tables.legal_holds
     with run.engine.connect() as connection:
