@@ -1,8 +1,9 @@
 """`subject_request` through Airflow (dag.test), on SQLite and PostgreSQL: the trigger form's
 parameters; an access request writing the subject's package; an erasure that is a dry run unless told
 otherwise, then carried out with its certificate in the run's report and its rights_requests row
-closed; a malformed request failing at `check` with nothing changed. No address reaches XCom, the
-log or the report."""
+closed; a restriction refusing an erasure and holding the nightly rules until its lift; an objection
+and a withdrawal of consent; a malformed request failing at `check` with nothing changed. No address
+reaches XCom, the log or the report."""
 
 from __future__ import annotations
 
@@ -104,27 +105,32 @@ def test_an_erasure_is_a_dry_run_first_then_carried_out_with_its_certificate(app
         _no_address(dag_run, _report(tmp_path, dag_run))
 
 
-def test_restriction_objection_and_withdrawal_through_airflow(application, tmp_path):
+def test_a_restriction_refuses_erasure_and_holds_the_nightly_rules_until_lifted_then_objection_and_withdrawal(application, tmp_path):
     mine = seed(application)
     logs = mine["connection_logs"]
 
-    def ask(kind: str, hour: int) -> dict:
-        state, dag_run = run_dag(
-            "subject_request", LOGICAL_DATE.replace(hour=hour), conf={"email": TYPED, "kind": kind}
-        )
+    def ask(kind: str, hour: int, **conf) -> dict:
+        conf = {"email": TYPED, "kind": kind} | conf
+        state, dag_run = run_dag("subject_request", LOGICAL_DATE.replace(hour=hour), conf=conf)
         assert state == "success", task_states(dag_run)
         _no_address(dag_run, _report(tmp_path, dag_run))
         return xcoms(dag_run)["carry_out"]["return_value"]
 
     restricted = ask("restriction", 10)
+    refused = ask("erasure", 11, dry_run=False, request_id=mine["rights_requests"][0])
     run_rules(application, utc(2027, 6, 1), tmp_path, ["connection-logs"], run_id="nightly_1")
     kept = [key for key in logs if exists(application, "connection_logs", key)]
-    lifted = ask("lift_restriction", 11)
+    lifted = ask("lift_restriction", 12)
     run_rules(application, utc(2027, 6, 1), tmp_path, ["connection-logs"], run_id="nightly_2")
-    objected = ask("objection", 12)
-    withdrawn = ask("withdraw_consent", 13)
+    objected = ask("objection", 13)
+    withdrawn = ask("withdraw_consent", 14)
 
     assert restricted["tables"]["rights_requests"]["restriction opened"] == 1
+    assert (refused["outcome"], refused["tables"]["smicers"]["why_kept"]) == ("refused", {"held": 1})
+    assert "restriction request" in refused["reason"]
+    assert (
+        scalar(application, "SELECT status FROM rights_requests WHERE id = :k", k=mine["rights_requests"][0]) == "open"
+    )
     assert kept == logs, "the restriction holds the nightly rules"
     assert lifted["tables"]["rights_requests"]["restrictions lifted"] == 1
     assert not any(exists(application, "connection_logs", key) for key in logs), "released by the lift"
