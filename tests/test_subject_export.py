@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import MetaData, Table, insert, select, text
 
 from lifecycle import subject_export
+from lifecycle.appschema import APP_TABLES
 from lifecycle.periods import to_utc
 from lifecycle.subject_export import (
     SubjectPackageError,
@@ -44,20 +45,8 @@ LOOKALIKES = (
 )
 PERSONAL = ("quintessenza", "zebulon", "canary-mail", *CANARY.values())
 FOLDER = "manual__2026-05-01T10:00:00+00:00"  # a run id
-ALL_TABLES = [
-    "smicers",
-    "connection_logs",
-    "browsing_events",
-    "client_contacts",
-    "missions",
-    "prospects",
-    "newsletter_subscriptions",
-    "contact_requests",
-    "test_applications",
-    "rights_requests",
-    "identity_documents",
-    "prospecting_objections",
-]
+# Every table of the reference schema but clients, which holds no person's data.
+ALL_TABLES = [name for name in APP_TABLES if name != "clients"]
 README_TITLES = {"en": "# Your personal data", "fr": "# Vos données personnelles", "nl": "# Uw persoonsgegevens"}
 
 both_databases = pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)

@@ -41,7 +41,7 @@ from lifecycle.periods import to_utc
 from lifecycle.policy import ColumnRef, Policy, Rule
 from lifecycle.sql import statement
 from lifecycle.stores import sha256_of_file
-from lifecycle.stores.s3 import EEA_REGIONS, S3Options, bucket_region, client_error_reason
+from lifecycle.stores.s3 import S3Options, checked_client, failing_closed
 
 README = "README.md"
 README_LANGUAGES = ("en", "fr", "nl")  # the first when the subject's locale is none of them
@@ -416,7 +416,9 @@ class S3Destination:
 
     @contextmanager
     def staging(self) -> Iterator[Path]:
-        self.client = self._checked_client()  # before any record is read
+        self.client = checked_client(
+            self.options, self.bucket, f"s3://{self.bucket}", SubjectPackageError
+        )  # before any record is read
         with tempfile.TemporaryDirectory(prefix="subject-package-") as scratch:
             yield Path(scratch)
 
@@ -428,18 +430,6 @@ class S3Destination:
             self._put(staged / name, f"{folder_key}/{name}")
         self._remove_others(folder_key, names)
         return f"s3://{self.bucket}/{folder_key}"
-
-    def _checked_client(self):
-        """The client, once the bucket is known to be reachable and inside the EU/EEA (or allowed)."""
-        client = self.options.client()
-        with self._failing(f"cannot reach bucket {self.bucket}"):
-            region = bucket_region(client, self.bucket)
-        if region not in EEA_REGIONS and not self.options.allow_outside_eea:
-            raise SubjectPackageError(
-                f"bucket {self.bucket} is in region {region}, outside the EU/EEA: refused for personal data "
-                "(allow it explicitly with the S3 option allow_outside_eea)"
-            )
-        return client
 
     def _put(self, path: Path, key: str) -> None:
         arguments = {
@@ -464,19 +454,8 @@ class S3Destination:
             with self._failing(f"cannot delete object {key}"):
                 self.client.delete_object(Bucket=self.bucket, Key=key)
 
-    @contextmanager
-    def _failing(self, action: str) -> Iterator[None]:
-        """botocore's errors, once its retries are spent, as a SubjectPackageError saying what failed."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            yield
-        except ClientError as error:
-            raise SubjectPackageError(
-                f"subject package in s3://{self.bucket}: {action}: {client_error_reason(error)}"
-            ) from None
-        except BotoCoreError as error:
-            raise SubjectPackageError(f"subject package in s3://{self.bucket}: {action}: {error}") from None
+    def _failing(self, action: str):
+        return failing_closed(action, f"s3://{self.bucket}", SubjectPackageError)
 
 
 # The statements this module runs: Jinja templates (lifecycle.sql).

@@ -38,7 +38,12 @@ def write_report(run: RunContext, answer: dict | None, failed_task: str | None) 
 def _stopped(failed_task: str | None) -> str:
     if failed_task is None:
         return "the request was not carried out"
-    return f"the request stopped at task {failed_task}: its log says why; nothing was changed by a refused request"
+    if failed_task == "check":
+        return "the request was refused at task check (its log says why); nothing was changed"
+    return (
+        f"the request stopped at task {failed_task} (its log says why); what its rules erased before it "
+        "stopped is in the audit trail, and the request stays open until a run carries it out"
+    )
 
 
 def _title(report: dict) -> str:

@@ -105,7 +105,7 @@ def test_an_erasure_is_a_dry_run_first_then_carried_out_with_its_certificate(app
         _no_address(dag_run, _report(tmp_path, dag_run))
 
 
-def test_a_restriction_refuses_erasure_and_holds_the_nightly_rules_until_lifted_then_objection_and_withdrawal(application, tmp_path):
+def test_a_restriction_refuses_erasure_and_holds_nightly_rules_until_lifted_then_objection(application, tmp_path):
     mine = seed(application)
     logs = mine["connection_logs"]
 

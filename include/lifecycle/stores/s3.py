@@ -108,16 +108,30 @@ def checksum_digest(checksum: str | None) -> str | None:
 
 
 @contextmanager
-def failing_closed(action: str, uri: str) -> Iterator[None]:
-    """botocore's errors, once its retries are spent, as an ArchiveError saying what failed."""
+def failing_closed(action: str, uri: str, error_class: type[Exception] = ArchiveError) -> Iterator[None]:
+    """botocore's errors, once its retries are spent, as an `error_class` saying what failed."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         yield
     except ClientError as error:
-        raise ArchiveError(f"{action} under {uri}: {client_error_reason(error)}") from None
+        raise error_class(f"{action} under {uri}: {client_error_reason(error)}") from None
     except BotoCoreError as error:
-        raise ArchiveError(f"{action} under {uri}: {error}") from None
+        raise error_class(f"{action} under {uri}: {error}") from None
+
+
+def checked_client(options: S3Options, bucket: str, uri: str, error_class: type[Exception] = ArchiveError):
+    """The options' client, once the bucket (of the location `uri`) is known to be reachable and inside
+    the EU/EEA (or allowed)."""
+    client = options.client()
+    with failing_closed(f"cannot reach bucket {bucket}", uri, error_class):
+        region = bucket_region(client, bucket)
+    if region not in EEA_REGIONS and not options.allow_outside_eea:
+        raise error_class(
+            f"bucket {bucket} is in region {region}, outside the EU/EEA: refused (allow it explicitly "
+            "with the option allow_outside_eea, Airflow variable lifecycle_s3_allow_outside_eea)"
+        )
+    return client
 
 
 def client_error_reason(error) -> str:
@@ -150,16 +164,7 @@ class S3ArchiveStore:
 
     @cached_property
     def _client(self):
-        """The client, once the bucket is known to be reachable and inside the EU/EEA (or allowed)."""
-        client = self.options.client()
-        with failing_closed(f"cannot reach bucket {self.bucket}", self.uri):
-            region = bucket_region(client, self.bucket)
-        if region not in EEA_REGIONS and not self.options.allow_outside_eea:
-            raise ArchiveError(
-                f"bucket {self.bucket} is in region {region}, outside the EU/EEA: refused (allow it explicitly "
-                "with the option allow_outside_eea, Airflow variable lifecycle_s3_allow_outside_eea)"
-            )
-        return client
+        return checked_client(self.options, self.bucket, self.uri)
 
     @cached_property
     def object_lock(self) -> bool:
