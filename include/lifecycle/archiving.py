@@ -17,7 +17,7 @@ from sqlalchemy import Date, TextClause, bindparam, delete, func, insert, select
 from lifecycle.policy import Policy, Rule
 from lifecycle.rows import ArrowConverter, email_strip, key_lines, record_batches
 from lifecycle.run import RunContext, now_utc_naive
-from lifecycle.select import Selection
+from lifecycle.select import EVERY_KEY, KeyRange, Selection
 from lifecycle.sql import statement
 from lifecycle.step import Step
 from lifecycle.stores import ArchiveError, open_archive_store, sha256_of_file
@@ -50,16 +50,17 @@ def archive_sources(policy: Policy, rule: Rule) -> list[ArchiveSource]:
     return sources
 
 
-def archive_due(run: RunContext, rule: Rule) -> dict:
-    """Write a batch for every (table, retain_until) whose due records have no verified copy yet."""
+def archive_due(run: RunContext, rule: Rule, key_range: KeyRange = EVERY_KEY) -> dict:
+    """Write a batch for every (table, retain_until) whose due records (in `key_range`, when several
+    tasks share the step) have no verified copy yet."""
     selection = Selection.of(run, rule)
     store = open_archive_store(run.archive_uri, run.s3_options)
     batches = []
     with run.engine.connect() as connection:
-        retain_dates = selection.retain_dates(connection)
+        retain_dates = selection.retain_dates(connection, key_range)
     for retain_until in retain_dates:
         for source in archive_sources(run.policy, rule):
-            batch = _archive_group(rule, store, BatchRows(run, source, selection.id, retain_until))
+            batch = _archive_group(rule, store, BatchRows(run, source, selection.id, retain_until, key_range))
             if batch:
                 batches.append(batch)
     return {"rule": rule.id, "batches": len(batches), "rows": sum(rows for _, rows in batches)}
@@ -67,13 +68,15 @@ def archive_due(run: RunContext, rule: Rule) -> dict:
 
 @dataclass(frozen=True)
 class BatchRows:
-    """The rows of one batch: a source's due rows for one retain_until that no verified batch holds,
-    selected in the database by the statements below (BATCH_ROWS and the others)."""
+    """The rows of one batch: a source's due rows for one retain_until (and key range of their
+    candidates) that no verified batch holds, selected in the database by the statements below
+    (BATCH_ROWS and the others)."""
 
     run: RunContext
     source: ArchiveSource
     selection_id: int
     retain_until: date
+    key_range: KeyRange = EVERY_KEY
 
     def statement(self, name: str, **context) -> TextClause:
         tables, source = self.run.tables, self.source
@@ -84,6 +87,7 @@ class BatchRows:
             "candidates": tables.qualified(tables.candidates),
             "archived_records": tables.qualified(tables.archived_records),
             "archive_batches": tables.qualified(tables.archive_batches),
+            "bounds": list(self.key_range.params()),
             **_subject(self.run.policy, source.table),
         }
         clause = statement(self.run.engine, name, a=batch, **context)
@@ -94,6 +98,7 @@ class BatchRows:
             "selection_id": self.selection_id,
             "retain_until": self.retain_until,
             "table_name": self.source.table,
+            **self.key_range.params(),
             **values,
         }
 
@@ -381,7 +386,7 @@ BATCH_CANDIDATES = """\
 {% import "archive.sql" as m %}
 SELECT COUNT(*)
   FROM {{ a.candidates }} c
- WHERE {{ m.due() }}
+ WHERE {{ m.due(a) }}
    AND {{ m.unarchived(a, "c.record_key") }}
 """
 

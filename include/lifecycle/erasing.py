@@ -1,8 +1,8 @@
 """Steps 5 and 6 of a rule: erase the due records set-based, one short transaction per key range of
 candidates, whose statements re-check in the database that each record is still due, not held, and
 copied to a verified archive batch where the rule archives; then check that nothing recorded as
-erased remains. The ranges are planned once per selection (erasures) and each is marked done in its
-own transaction: with the candidates it left in place, that is the erase step's audit trail."""
+erased remains. The ranges are planned once per selection and task share (erasures), and each is
+marked done in its own transaction: with the candidates it left in place, that is the erase step's audit trail."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from lifecycle.ledger import export_ledger
 from lifecycle.policy import Rule
 from lifecycle.reactivation import close_erased_cycles
 from lifecycle.run import RunContext, now_utc_naive
-from lifecycle.select import Selection
+from lifecycle.select import EVERY_KEY, KeyRange, Selection
 from lifecycle.sql import statement
 from lifecycle.step import Step
 from lifecycle.stores.s3 import S3Options
@@ -29,16 +29,17 @@ class ErasureRefused(RuntimeError):
     """Records were left in place because erasing them would break a safeguard."""
 
 
-def erase_due(run: RunContext, rule: Rule) -> dict:
-    """Erase what is still due; a record whose archive copy is not verified is never erased."""
+def erase_due(run: RunContext, rule: Rule, key_range: KeyRange = EVERY_KEY) -> dict:
+    """Erase what is still due (in `key_range`, when several tasks share the step); a record whose
+    archive copy is not verified is never erased."""
     eraser = _RangeEraser(Selection.of(run, rule))
     erased: dict[str, int] = {}
-    for erasure in eraser.ranges_to_do():
+    for erasure in eraser.ranges_to_do(key_range):
         for name, count in eraser.erase_range(*erasure).items():
             erased[name] = erased.get(name, 0) + count
     # Before the refusal below: what was erased is in the ledger even when the step fails.
-    export_ledger(run, rule)
-    left = eraser.left_in_place()
+    export_ledger(run, rule, key_range)
+    left = eraser.left_in_place(key_range)
     refused = sum(count for reason, count in left.items() if reason in REFUSALS)
     if refused:
         raise ErasureRefused(
@@ -70,22 +71,23 @@ class _RangeEraser:
             for name in ("candidates", "archived_records", "archive_batches")
         } | {"audit": tables.qualified(tables.audit_events)}
 
-    def ranges_to_do(self) -> list[tuple[int, int, int]]:
-        """(erasure, key_from, key_to) of the selection's ranges not done yet, planned on the first try:
-        `batch_size` due candidates each, in key order."""
+    def ranges_to_do(self, key_range: KeyRange) -> list[tuple[int, int, int]]:
+        """(erasure, key_from, key_to) of the selection's ranges in `key_range` not done yet, planned
+        on the first try: `batch_size` due candidates each, in key order. Only one task at a time
+        erases a key range, so planning cannot race."""
         erasures = self.run.tables.erasures
-        of_selection = erasures.c.selection_id == self.selection.id
+        in_range = (erasures.c.selection_id == self.selection.id, *key_range.holds(erasures.c.key_from))
         with self.run.engine.begin() as connection:
-            if connection.execute(select(func.count()).where(of_selection)).scalar_one() == 0:
-                self._plan(connection)
+            if connection.execute(select(func.count()).where(*in_range)).scalar_one() == 0:
+                self._plan(connection, key_range)
             planned = select(erasures.c.id, erasures.c.key_from, erasures.c.key_to)
-            return connection.execute(planned.where(of_selection, erasures.c.recorded_at.is_(None))).all()
+            return connection.execute(planned.where(*in_range, erasures.c.recorded_at.is_(None))).all()
 
-    def _plan(self, connection) -> None:
-        starts = list(self._execute(connection, RANGE_STARTS, {"size": self.rule.batch_size}).scalars())
+    def _plan(self, connection, key_range: KeyRange) -> None:
+        starts = self.selection.range_starts(connection, self.rule.batch_size, key_range)
         if not starts:
             return
-        last = self.selection.last_due_key(connection)
+        last = self.selection.last_due_key(connection, key_range)
         ranges = zip(starts, [*starts[1:], last + 1], strict=True)
         rows = [{"selection_id": self.selection.id, "key_from": low, "key_to": high} for low, high in ranges]
         connection.execute(insert(self.run.tables.erasures), rows)
@@ -168,9 +170,9 @@ class _RangeEraser:
         if failed:
             self.selection.mark(failed, "failed", "stored file not erased", connection)
 
-    def left_in_place(self) -> dict[str, int]:
+    def left_in_place(self, key_range: KeyRange) -> dict[str, int]:
         with self.run.engine.connect() as connection:
-            return self.selection.left_in_place(connection, (DUE,))
+            return self.selection.left_in_place(connection, (DUE,), key_range)
 
     def _execute(self, connection, template: str, params: dict, **context):
         query = statement(self.run.engine, template, **self.names, **context)
@@ -258,17 +260,6 @@ STEPS = {
 
 
 # The statements this module runs: Jinja templates (lifecycle.sql), importing include/sql/'s macros.
-
-RANGE_STARTS = """\
-{# The first key of every `size` due candidates of a selection: where the key ranges of its erase
-   transactions start. #}
-SELECT x.record_key
-  FROM (SELECT c.record_key, ROW_NUMBER() OVER (ORDER BY c.record_key) AS position
-          FROM {{ candidates }} c
-         WHERE c.selection_id = :selection_id AND c.decision = 'due') x
- WHERE (x.position - 1) % :size = 0
- ORDER BY x.record_key
-"""
 
 RECHECK = """\
 {# The erase transaction's re-checks of its key range. 'due' (a rule whose erase statement cannot

@@ -5,7 +5,10 @@ trail back with them; the ledger, outside it, survives, and lifecycle.replay era
 
 One Parquet file per run and rule, `ledger/<day>/<dag_id>/<run_id>/<rule>.parquet`, the day (UTC)
 being that of the rule's first erasure in the run: a retried step rewrites the same object, and
-"since a day" lists that day's objects and the later ones only. It names records by table and key,
+"since a day" lists that day's objects and the later ones only. Where several tasks share a rule's
+erase step by key range, each writes its own object, `<rule>.from_<key>_to_<key>.parquet`, holding
+the rule's erasures in the run so far (a bundle's rows cannot be told by their smicer's key once
+erased): together they hold every erasure, and the replay reads each record once. It names records by table and key,
 with the run, rule, action, policy version and instant of their erasure: never their data. It is
 kept in STANDARD storage (readable at once, unlike the cold archive parts) with its SHA-256."""
 
@@ -21,6 +24,7 @@ from lifecycle.policy import Rule
 from lifecycle.report_paths import safe_run_id
 from lifecycle.rows import ArrowConverter, record_batches
 from lifecycle.run import RunContext
+from lifecycle.select import EVERY_KEY, KeyRange
 from lifecycle.sql import statement
 from lifecycle.stores import ArchiveError, open_archive_store
 
@@ -32,8 +36,9 @@ COLUMNS = ("dag_id", "run_id", "rule", "action", "table_name", "record_key", "po
 RECORD_COLUMNS = ("action", "table_name", "record_key")
 
 
-def export_ledger(run: RunContext, rule: Rule) -> str | None:
-    """Write the run's erasures of the rule to the archive; the object's key, or None when it erased nothing."""
+def export_ledger(run: RunContext, rule: Rule, key_range: KeyRange = EVERY_KEY) -> str | None:
+    """Write the run's erasures of the rule to the archive, as the task erasing `key_range`; the
+    object's key, or None when it erased nothing."""
     trail = run.tables.audit_trail
     of_rule = (
         trail.c.dag_id == run.dag_id,
@@ -45,7 +50,7 @@ def export_ledger(run: RunContext, rule: Rule) -> str | None:
         first_erased = connection.execute(select(func.min(trail.c.recorded_at)).where(*of_rule)).scalar()
     if first_erased is None:
         return None
-    key = ledger_key(first_erased.date(), run.dag_id, run.run_id, rule.id)
+    key = ledger_key(first_erased.date(), run.dag_id, run.run_id, rule.id, key_range)
     with tempfile.TemporaryDirectory(prefix="ledger-") as scratch:
         path = Path(scratch) / "ledger.parquet"
         _write_parquet(run, rule, path)
@@ -53,8 +58,10 @@ def export_ledger(run: RunContext, rule: Rule) -> str | None:
     return key
 
 
-def ledger_key(day: date, dag_id: str, run_id: str, rule_id: str) -> str:
-    return f"{LEDGER_PREFIX}{day.isoformat()}/{dag_id}/{safe_run_id(run_id)}/{rule_id}.parquet"
+def ledger_key(day: date, dag_id: str, run_id: str, rule_id: str, key_range: KeyRange = EVERY_KEY) -> str:
+    low, high = (end if key is None else key for key, end in zip(key_range.bounds(), ("start", "end"), strict=True))
+    share = "" if key_range == EVERY_KEY else f".from_{low}_to_{high}"
+    return f"{LEDGER_PREFIX}{day.isoformat()}/{dag_id}/{safe_run_id(run_id)}/{rule_id}{share}.parquet"
 
 
 def ledger_schema():

@@ -12,12 +12,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from lifecycle.policy import Rule
     from lifecycle.run import RunContext
+    from lifecycle.select import KeyRange
     from lifecycle.step import Step
 
 SELECT, GATE, APPROVE = "select", "gate", "approve"
 ARCHIVE, VERIFY_ARCHIVE = "archive", "verify_archive"
 ERASE, VERIFY_ERASE = "erase", "verify_erase"
 PURGE, NOTIFY = "purge", "notify"
+# The steps several tasks may share, each acting on its own key range of the rule's selection.
+SHARED_BY_KEY_RANGE = (ARCHIVE, ERASE)
 
 MODULES = {
     SELECT: "lifecycle.select",
@@ -46,15 +49,19 @@ def steps_for(rule: Rule) -> list[str]:
     return [SELECT, GATE, APPROVE, *archive, ERASE, VERIFY_ERASE, *notify]
 
 
-def run_step(run: RunContext, rule: Rule, name: str, selected: dict | None = None) -> dict:
-    """One step; in a dry run, what it would do (a dry run's later steps report from `selected`,
-    what its select step found)."""
+def run_step(
+    run: RunContext, rule: Rule, name: str, selected: dict | None = None, key_range: KeyRange | None = None
+) -> dict:
+    """One step (a step of SHARED_BY_KEY_RANGE: its share `key_range`, else all of it); in a dry run,
+    what it would do (a dry run's later steps report from `selected`, what its select step found)."""
     step = step_named(name)
     if run.dry_run:
         from lifecycle.preview import preview_step
 
         return preview_step(run, rule, step, selected)
-    result = step.act(run, rule)
+    if key_range is not None and name not in SHARED_BY_KEY_RANGE:
+        raise ValueError(f"step {name!r} is not shared by key range")
+    result = step.act(run, rule) if key_range is None else step.act(run, rule, key_range)
     if step.stage:
         from lifecycle.select import Selection
 

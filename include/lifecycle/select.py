@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import date
+from itertools import pairwise
 
 from sqlalchemy import and_, delete, func, insert, select, update
 
@@ -38,6 +39,42 @@ def select_candidates(run: RunContext, rule: Rule) -> dict:
             .values(table_rows=counts["table_rows"], counts=json.dumps(stored), stage="selected")
         )
     return {"rule": rule.id, "selection_id": selection.id, **counts}
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """The records whose key lies in [key_from, key_to), either end open when None: the share of a
+    rule's archive or erase step that one task does when the step is spread over several."""
+
+    key_from: int | None = None
+    key_to: int | None = None
+
+    @classmethod
+    def of(cls, bounds: list | None) -> KeyRange:
+        """From its JSON form, [key_from, key_to]; None: every key."""
+        return cls(*bounds) if bounds else cls()
+
+    def bounds(self) -> list[int | None]:
+        return [self.key_from, self.key_to]
+
+    def holds(self, column) -> list:
+        """The conditions on a key column of a record in the range."""
+        low = [] if self.key_from is None else [column >= self.key_from]
+        return low + ([] if self.key_to is None else [column < self.key_to])
+
+    def params(self) -> dict:
+        """The bound ends, for statements that take :key_from and :key_to where the range names them."""
+        return {
+            name: value for name, value in zip(("key_from", "key_to"), self.bounds(), strict=True) if value is not None
+        }
+
+    @property
+    def label(self) -> str:
+        low = "first key" if self.key_from is None else f"key {self.key_from}"
+        return f"{low} to " + ("last key" if self.key_to is None else f"key {self.key_to} excluded")
+
+
+EVERY_KEY = KeyRange()
 
 
 @dataclass(frozen=True)
@@ -183,17 +220,39 @@ class Selection:
         in_range = (c.c.record_key >= key_from, c.c.record_key < key_to)
         return select(c.c.record_key).where(self._of(c.c.decision == DUE, c.c.state == "pending", *in_range))
 
-    def retain_dates(self, connection) -> list[date]:
+    def retain_dates(self, connection, key_range: KeyRange = EVERY_KEY) -> list[date]:
         """The retain_until dates of the due candidates still to act on, in order."""
         c = self._candidates
         query = select(c.c.retain_until).where(
-            self._of(c.c.decision == DUE, c.c.state == "pending", c.c.retain_until.is_not(None))
+            self._of(
+                c.c.decision == DUE,
+                c.c.state == "pending",
+                c.c.retain_until.is_not(None),
+                *key_range.holds(c.c.record_key),
+            )
         )
         return list(connection.execute(query.distinct().order_by(c.c.retain_until)).scalars())
 
-    def last_due_key(self, connection) -> int | None:
+    def range_starts(self, connection, size: int, key_range: KeyRange = EVERY_KEY) -> list[int]:
+        """The first key of every `size` due candidates of the key range, in key order."""
         c = self._candidates
-        return connection.execute(select(func.max(c.c.record_key)).where(self._of(c.c.decision == DUE))).scalar_one()
+        position = func.row_number().over(order_by=c.c.record_key).label("position")
+        due = select(c.c.record_key, position).where(self._of(c.c.decision == DUE, *key_range.holds(c.c.record_key)))
+        due = due.subquery()
+        query = select(due.c.record_key).where((due.c.position - 1) % size == 0).order_by(due.c.record_key)
+        return list(connection.execute(query).scalars())
+
+    def task_ranges(self, rows: int) -> list[KeyRange]:
+        """The due candidates cut into key ranges of at most `rows` each, together covering every key:
+        the shares of tasks that archive and erase them side by side."""
+        with self.run.engine.connect() as connection:
+            starts = self.range_starts(connection, rows)[1:]
+        return [KeyRange(low, high) for low, high in pairwise([None, *starts, None])]
+
+    def last_due_key(self, connection, key_range: KeyRange = EVERY_KEY) -> int | None:
+        c = self._candidates
+        due = self._of(c.c.decision == DUE, *key_range.holds(c.c.record_key))
+        return connection.execute(select(func.max(c.c.record_key)).where(due)).scalar_one()
 
     def mark(self, keys: list[int], state: str, reason: str | None, connection) -> None:
         """Record what became of staged decisions: a notice emailed, a record left in place and why."""
@@ -202,13 +261,14 @@ class Selection:
             update(c).where(self._of(c.c.record_key.in_(keys))).values(state=state, reason=(reason or "")[:120] or None)
         )
 
-    def left_in_place(self, connection, decisions: tuple[str, ...] = (DUE, NOTIFY)) -> dict[str, int]:
+    def left_in_place(
+        self, connection, decisions: tuple[str, ...] = (DUE, NOTIFY), key_range: KeyRange = EVERY_KEY
+    ) -> dict[str, int]:
         """Records due and notices to send (or those of `decisions`) the steps left in place (skipped
         or failed), by reason."""
         c = self._candidates
-        query = select(c.c.reason, func.count()).where(
-            self._of(c.c.decision.in_(decisions), c.c.state.in_(("skipped", "failed")))
-        )
+        left = (c.c.decision.in_(decisions), c.c.state.in_(("skipped", "failed")), *key_range.holds(c.c.record_key))
+        query = select(c.c.reason, func.count()).where(self._of(*left))
         return dict(connection.execute(query.group_by(c.c.reason)).all())
 
     def states(self, connection, decision: str) -> list[tuple[str, str | None, int]]:

@@ -75,11 +75,11 @@ def alert_overdue_requests(context, report_dir: Path) -> bool:
     if not overdue:
         return False
     mark = report_dir / OVERDUE_ALERT_MARK
-    try:
-        mark.touch(exist_ok=False)
-    except FileExistsError:
+    # Attempts of one task never run at once: looking before claiming cannot race.
+    if mark.exists():
         log.info("the overdue alert of this run was sent already: not again")
         return False
+    mark.write_text("", encoding="utf-8")
     try:
         OperatorAlert(*OVERDUE_REQUESTS)({**context, "overdue_requests": overdue})
     except BaseException:

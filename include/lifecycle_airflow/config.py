@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lifecycle.app_database import APP_CONN_ID, connection_url, data_dir, default_app_url
 
 if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
     from lifecycle.stores.s3 import S3Options
 
 AWS_CONN_ID = "aws_default"
 ARCHIVE_VARIABLE = "lifecycle_archive_uri"
 EXPORT_VARIABLE = "lifecycle_export_uri"
+REPORTS_VARIABLE = "lifecycle_reports_uri"
+ROWS_PER_TASK_VARIABLE = "lifecycle_rows_per_task"
+ROWS_PER_TASK = 1_000_000
 
 
 def app_database_url() -> str:
@@ -116,10 +120,30 @@ def s3_client(botocore_config):
     )
 
 
+def rows_per_task() -> int:
+    """How many due records one task archives or erases at most: a rule with more spreads those steps
+    over several tasks (and workers) by key range. The variable `lifecycle_rows_per_task`, else 1,000,000."""
+    from airflow.sdk import Variable
+
+    text = Variable.get(ROWS_PER_TASK_VARIABLE, default=None)
+    if text in (None, ""):
+        return ROWS_PER_TASK
+    if not str(text).strip().isdigit() or int(text) == 0:
+        raise ValueError(f"Airflow variable {ROWS_PER_TASK_VARIABLE}: {text!r} is not a whole number of rows above 0")
+    return int(text)
+
+
 def policy_path() -> str | None:
     """Another company's policy is another file: named by LIFECYCLE_POLICY_PATH, read at parse time too."""
     return os.environ.get("LIFECYCLE_POLICY_PATH")
 
 
-def reports_dir() -> Path:
-    return data_dir() / "reports"
+def reports_dir() -> ObjectStoragePath:
+    """Where runs keep their reports and validation results, one folder per DAG and run: the variable
+    `lifecycle_reports_uri` (file:///abs/dir, or s3://bucket/prefix through `aws_default`), else the
+    local data folder's reports/. Workers write there and the api-server's report view reads there,
+    so on several machines it must be a location they all reach."""
+    from airflow.sdk import ObjectStoragePath, Variable
+
+    uri = Variable.get(REPORTS_VARIABLE, default=None) or (data_dir() / "reports").as_uri()
+    return ObjectStoragePath(uri, conn_id=AWS_CONN_ID if uri.startswith("s3://") else None)

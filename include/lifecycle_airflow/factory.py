@@ -3,21 +3,22 @@ prepare -> [rule: select -> gate -> approve -> archive -> verify -> erase -> ver
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from airflow.sdk import DAG, CronTriggerTimetable, Param, TaskGroup, TriggerRule, chain, task
 
-from lifecycle.pipeline import APPROVE, steps_for
+from lifecycle.pipeline import APPROVE, SHARED_BY_KEY_RANGE, steps_for
 from lifecycle.policy import Policy, Purpose
 from lifecycle_airflow import tasks
 from lifecycle_airflow.alerts import alert_failure
 from lifecycle_airflow.approval import VolumeApproval
+from lifecycle_airflow.lineage import step_lineage
 
 NIGHTLY = CronTriggerTimetable("0 0 * * *", timezone="UTC")
+# The retry delay is Airflow's [core] default_task_retry_delay (300 s unless configured).
 DEFAULT_ARGS = {
     "owner": "data-protection",
     "retries": 2,
-    "retry_delay": timedelta(minutes=5),
     "on_failure_callback": alert_failure,
 }
 
@@ -77,10 +78,18 @@ def build_dag(policy: Policy, purpose: Purpose) -> DAG:
         for rule in purpose.rules:
             after_another_rule = previous_rule_end is not prepare
             with TaskGroup(group_id=rule.id, tooltip=f"{rule.action} {rule.table or 'archive'}"):
-                steps = [
-                    _step_task(rule.id, step, after_another_rule=after_another_rule and i == 0)
-                    for i, step in enumerate(steps_for(rule))
-                ]
+                steps, key_ranges = [], None
+                for i, step in enumerate(steps_for(rule)):
+                    if step in SHARED_BY_KEY_RANGE and key_ranges is None:
+                        # Right before the first of them: what the archive and erase tasks are mapped over.
+                        key_ranges = task(task_id="key_ranges")(tasks.key_ranges)(rule.id)
+                        steps.append(key_ranges)
+                    shared = key_ranges if step in SHARED_BY_KEY_RANGE else None
+                    first = after_another_rule and i == 0
+                    lineage = step_lineage(policy, rule, step)
+                    steps.append(
+                        _step_task(rule.id, step, after_another_rule=first, key_ranges=shared, lineage=lineage)
+                    )
             chain(previous_rule_end, *steps, [report, outcome])
             previous_rule_end = steps[-1]
         # The report is written whatever happened; `outcome` fails the run when any rule failed (a rule
@@ -89,11 +98,19 @@ def build_dag(policy: Policy, purpose: Purpose) -> DAG:
     return dag
 
 
-def _step_task(rule_id: str, step_name: str, *, after_another_rule: bool):
+def _step_task(rule_id: str, step_name: str, *, after_another_rule: bool, key_ranges=None, lineage: dict):
     if step_name == APPROVE:
         return VolumeApproval(task_id=step_name, rule_id=rule_id)
-    trigger_rule = TriggerRule.ALL_DONE if after_another_rule else TriggerRule.ALL_SUCCESS
-    return task(task_id=step_name, trigger_rule=trigger_rule)(tasks.run_rule_step)(rule_id, step_name)
+    options = {
+        "task_id": step_name,
+        "trigger_rule": TriggerRule.ALL_DONE if after_another_rule else TriggerRule.ALL_SUCCESS,
+        **lineage,  # its inlets and outlets
+    }
+    if key_ranges is None:
+        return task(**options)(tasks.run_rule_step)(rule_id, step_name)
+    # One task instance per key range, named by it in the UI.
+    shared = task(**options, map_index_template="{{ " + tasks.KEY_RANGE_LABEL + " }}")(tasks.run_rule_step)
+    return shared.partial(rule_id=rule_id, step_name=step_name).expand(key_range=key_ranges)
 
 
 def purpose_doc(policy: Policy, purpose: Purpose) -> str:

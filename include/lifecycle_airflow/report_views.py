@@ -8,7 +8,7 @@ when the api-server first calls the app."""
 import html
 from pathlib import Path
 
-from lifecycle.report_paths import run_report_dir
+from lifecycle.report_paths import run_report_dir, safe_run_id
 
 URL_PREFIX = "/lifecycle"
 RUN_REPORT_VIEW = {
@@ -29,7 +29,8 @@ class OutsideReports(ValueError):
 
 
 def report_page(reports_dir: Path, dag_id: str, run_id: str) -> str:
-    """The run's report.html; while it has none, its report.md as preformatted text."""
+    """The run's report.html; while it has none, its report.md as preformatted text. `reports_dir`
+    is a pathlib.Path or Airflow's ObjectStoragePath (config.reports_dir)."""
     folder = run_folder(reports_dir, dag_id, run_id)
     if (folder / "report.html").is_file():
         return (folder / "report.html").read_text(encoding="utf-8")
@@ -39,12 +40,12 @@ def report_page(reports_dir: Path, dag_id: str, run_id: str) -> str:
 
 
 def run_folder(reports_dir: Path, dag_id: str, run_id: str) -> Path:
-    """The run's report folder, which must lie exactly two levels below the reports folder."""
-    root = reports_dir.resolve()
-    folder = run_report_dir(root, dag_id, run_id).resolve()
-    if folder.parent.parent != root:
+    """The run's report folder, exactly two levels below the reports folder: a DAG id is letters,
+    digits, '-', '_' and '.', and neither name may climb out of its level."""
+    folder_names = (dag_id, safe_run_id(run_id))
+    if safe_run_id(dag_id) != dag_id or any(name in ("", ".", "..") for name in folder_names):
         raise OutsideReports("dag_id and run_id must name a run's folder inside the reports folder")
-    return folder
+    return run_report_dir(reports_dir, dag_id, run_id)
 
 
 def _preformatted_page(title: str, text: str) -> str:

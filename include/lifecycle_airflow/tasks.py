@@ -7,6 +7,9 @@ from functools import cache
 
 from lifecycle_airflow import config
 
+# What a shared step's task instance is called in the UI (its map_index_template).
+KEY_RANGE_LABEL = "key_range_label"
+
 
 @cache
 def _policy(path: str | None):
@@ -72,13 +75,16 @@ def prepare_tables(run) -> None:
         ) from None
 
 
-def run_rule_step(rule_id: str, step_name: str) -> dict:
-    """One step of one rule. A failed gate or a refused erasure fails the task without retry."""
+def run_rule_step(rule_id: str, step_name: str, key_range: list | None = None) -> dict:
+    """One step of one rule (of a step shared by several tasks, the share `key_range`). A failed gate
+    or a refused erasure fails the task without retry."""
+    from airflow.sdk import get_current_context
     from airflow.sdk.exceptions import AirflowFailException
 
     from lifecycle.erasing import ErasureRefused
     from lifecycle.expectations import GateFailed
     from lifecycle.pipeline import NOTIFY, run_step, steps_for
+    from lifecycle.select import KeyRange
     from lifecycle.stores import ArchiveError
 
     run = run_context()
@@ -88,10 +94,25 @@ def run_rule_step(rule_id: str, step_name: str) -> dict:
     if step_name == NOTIFY:
         run = _with_mail(run)
     selected = _selected(rule) if run.dry_run else None
+    share = None if key_range is None else KeyRange.of(key_range)
+    if share is not None:
+        get_current_context()[KEY_RANGE_LABEL] = share.label
     try:
-        return run_step(run, rule, step_name, selected)
+        return run_step(run, rule, step_name, selected, share)
     except (GateFailed, ErasureRefused, ArchiveError) as error:
         raise AirflowFailException(str(error)) from None
+
+
+def key_ranges(rule_id: str) -> list[list]:
+    """The key ranges the rule's archive and erase tasks are mapped over, as [key_from, key_to]: at
+    most `rows_per_task` due records each; a dry run's, everything in one."""
+    from lifecycle.select import EVERY_KEY, Selection
+
+    run = run_context()
+    if run.dry_run:
+        return [EVERY_KEY.bounds()]
+    shares = Selection.of(run, run.policy.rule(rule_id)).task_ranges(config.rows_per_task())
+    return [share.bounds() for share in shares]
 
 
 def _selected(rule) -> dict | None:
@@ -132,14 +153,35 @@ def report_run(purpose_id: str) -> dict:
     results, failed = {}, {}
     for rule in purpose.rules:
         task_ids = {step: f"{rule.id}.{step}" for step in steps_for(rule)}
-        results[rule.id] = {name: task_instance.xcom_pull(task_ids=task_id) or {} for name, task_id in task_ids.items()}
-        failed_step = next((name for name, task_id in task_ids.items() if states.get(task_id) == "failed"), None)
+        results[rule.id] = {
+            name: _step_result(task_instance.xcom_pull(task_ids=task_id)) for name, task_id in task_ids.items()
+        }
+        failed_step = next((name for name, task_id in task_ids.items() if _failed(states, task_id)), None)
         if failed_step:
             failed[rule.id] = failed_step
     summary = finish_run(run, list(purpose.rules), results, failed)
     if summary.get("answer_deadlines", {}).get("overdue") and not run.dry_run:
         alert_overdue_requests(get_current_context(), run.report_dir())
     return summary
+
+
+def _step_result(pulled) -> dict:
+    """A step's counts; a step shared by several tasks: the sum of theirs."""
+    if pulled is None or isinstance(pulled, dict):
+        return pulled or {}
+    merged: dict = {}
+    for counts in filter(None, pulled):
+        for name, value in counts.items():
+            merged[name] = merged.get(name, 0) + value if isinstance(value, int) else value
+    return merged
+
+
+def _failed(states: dict[str, str], task_id: str) -> bool:
+    """Whether the task failed; a mapped task's instances are listed as `<task_id>_<map_index>`."""
+    return any(
+        state == "failed" and (key == task_id or (key.startswith(f"{task_id}_") and key[len(task_id) + 1 :].isdigit()))
+        for key, state in states.items()
+    )
 
 
 def rules_succeeded() -> dict:

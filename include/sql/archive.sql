@@ -1,9 +1,12 @@
 {# The rows of an archive batch (lifecycle.archiving): a source table's rows whose candidate (the row
    itself, or the smicer a bundle member's link names) is due and pending in the selection with the
-   batch's retain_until, less those a verified batch already holds. `a` is the batch's context. #}
+   batch's retain_until, and in its key range, less those a verified batch already holds. `a` is the
+   batch's context; a.bounds names the ends of its key range that are bound (:key_from, :key_to). #}
 
-{% macro due() -%}
+{% macro due(a) -%}
 c.selection_id = :selection_id AND c.decision = 'due' AND c.state = 'pending' AND c.retain_until = :retain_until
+{%- if 'key_from' in a.bounds %} AND c.record_key >= :key_from{% endif %}
+{%- if 'key_to' in a.bounds %} AND c.record_key < :key_to{% endif %}
 {%- endmacro %}
 
 {% macro unarchived(a, key) -%}
@@ -18,7 +21,7 @@ NOT EXISTS (SELECT 1 FROM {{ a.archived_records }} ar
 {% if with_owner and a.owner %}
   LEFT JOIN {{ a.owner.table | q }} o ON o.{{ a.owner.key | q }} = t.{{ a.owner.link | q }}
 {% endif %}
- WHERE {{ due() }}
+ WHERE {{ due(a) }}
    AND {{ unarchived(a, "t." ~ (a.key | q)) }}
 {%- endmacro %}
 

@@ -52,10 +52,13 @@ def test_dag_is_nightly_documented_tagged_and_retried(bag, dag_id):
 
 def test_every_rule_has_its_steps_in_order(bag):
     dag = bag.get_dag("retention_account_services")
-    chain = ["select", "gate", "approve", "archive", "verify_archive", "erase", "verify_erase"]
+    chain = ["select", "gate", "approve", "key_ranges", "archive", "verify_archive", "erase", "verify_erase"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert f"account-closed.{upstream}" in dag.get_task(f"account-closed.{downstream}").upstream_task_ids
     assert dag.get_task("account-closed.approve").task_type == "VolumeApproval"
+    for shared in ("archive", "erase"):
+        assert dag.get_task(f"account-closed.{shared}").is_mapped
+    assert not dag.get_task("account-closed.verify_erase").is_mapped
     assert dag.get_task("report").is_teardown
     assert "account-closed.verify_erase" in dag.get_task("account-inactive.select").upstream_task_ids
     assert "account-inactive.verify_erase" in dag.get_task("account-inactive.notify").upstream_task_ids

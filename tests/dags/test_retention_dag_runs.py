@@ -132,12 +132,12 @@ def test_a_failing_step_fails_the_run_and_erases_nothing_of_that_rule(applicatio
 
     assert state == "failed"
     states = task_states(dag_run)
-    assert states["account-closed.archive"] == "failed"
+    assert states["account-closed.archive[0]"] == "failed"
     assert states["account-closed.erase"] == "upstream_failed"
     assert states["report"] == "success"
     assert states["connection-logs.select"] == "success", "a rule after the failed one still runs"
     # ... and fails in its turn: what it erased cannot be written to the erasure ledger, in the archive.
-    assert states["connection-logs.erase"] == "failed"
+    assert states["connection-logs.erase[0]"] == "failed"
     assert states["outcome"] == "upstream_failed"
     with application.connect() as connection:
         assert connection.exec_driver_sql("SELECT COUNT(*) FROM smicers").scalar() == smicers
@@ -163,3 +163,43 @@ def test_an_unreachable_database_fails_the_run_with_a_clear_message_and_no_passw
     log = run_log(dag_run)
     assert "application database postgresql+psycopg2://lifecycle:***@127.0.0.1:9/smice unreachable" in log
     assert "s3cret-pass" not in log
+
+
+def test_a_rule_above_rows_per_task_archives_and_erases_in_mapped_tasks_one_key_range_each(
+    application, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("AIRFLOW_VAR_LIFECYCLE_ROWS_PER_TASK", "25")
+
+    state, dag_run = run_dag("retention_account_services", AS_OF, retries=0)
+
+    assert state == "success", task_states(dag_run)
+    states = task_states(dag_run)
+    due_logs = xcoms(dag_run)["connection-logs.select"]["return_value"]["due"]
+    erase_tasks = [task for task in states if task.startswith("connection-logs.erase[")]
+    assert len(erase_tasks) == -(-due_logs // 25) > 1
+    assert {states[task] for task in erase_tasks} == {"success"}
+    labels = _rendered_map_indexes(dag_run, "connection-logs.erase")
+    assert labels[0].startswith("first key to key ") and labels[-1].endswith("to last key")
+    report = json.loads(next((tmp_path / "data" / "reports").rglob("report.json")).read_text())
+    outcome = next(o for o in report["rules"] if o["rule"] == "connection-logs")
+    assert outcome["erased"] == due_logs, "one rule in one run, whatever the number of its tasks"
+    with application.connect() as connection:
+        audited = connection.exec_driver_sql(
+            "SELECT COUNT(*), COUNT(DISTINCT record_key) FROM lifecycle_audit_trail "
+            "WHERE rule = 'connection-logs' AND action = 'erased'"
+        ).one()
+    assert tuple(audited) == (due_logs, due_logs)
+
+
+def _rendered_map_indexes(dag_run, task_id: str) -> list[str]:
+    from airflow.models.taskinstance import TaskInstance as TI
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    query = (
+        select(TI._rendered_map_index)
+        .where(TI.dag_id == dag_run.dag_id, TI.run_id == dag_run.run_id, TI.task_id == task_id)
+        .order_by(TI.map_index)
+    )
+    with create_session() as session:
+        return list(session.scalars(query))

@@ -1,6 +1,7 @@
 """The S3 archive through Airflow: a retention DAG archives to moto's S3 through the connection
-`aws_default` and the lifecycle_s3_* variables, verifies and erases; `archive_restore` brings a
-batch back; its DAG file parses without importing boto3."""
+`aws_default` and the lifecycle_s3_* variables, verifies and erases, and keeps its report and
+validation results on S3 (`lifecycle_reports_uri`), where the report view reads them;
+`archive_restore` brings a batch back; its DAG file parses without importing boto3."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from dateutil.relativedelta import relativedelta
 
 from airflow_harness import PROJECT, run_dag, task_states, xcoms
 from lifecycle.appschema import create_app_schema
+from lifecycle.report_paths import safe_run_id
 from lifecycle.store import make_engine
 from lifecycle.stores import sha256_of_file
-from s3_fixtures import CREDENTIALS, REGION
+from lifecycle_airflow import config
+from lifecycle_airflow.report_views import report_page
+from s3_fixtures import CREDENTIALS, REGION, new_bucket
 from tests.lifecycle_helpers import add, exists
 
 pytestmark = pytest.mark.airflow
@@ -88,6 +92,34 @@ def test_a_retention_dag_archives_to_s3_and_archive_restore_brings_the_batch_bac
     assert state == "success", task_states(restore_run)
     assert xcoms(restore_run)["restore"]["return_value"] == {batch_key: "copied"}
     assert sha256_of_file(destination / batch_key / "part-00000.parquet") == part["sha256"]
+
+
+def test_a_run_keeps_its_report_and_validation_results_on_s3_where_the_report_view_reads_them(
+    application, s3, monkeypatch, tmp_path
+):
+    reports_bucket = new_bucket(s3, object_lock=False)
+    monkeypatch.setenv("AIRFLOW_VAR_LIFECYCLE_REPORTS_URI", f"s3://{reports_bucket}/reports")
+    smicer = add(application, "smicers", created_at=datetime(2020, 1, 1))
+    add(
+        application,
+        "test_applications",
+        smicer_id=smicer,
+        test_date=TEST_DATE,
+        decision="rejected",
+        decided_at=TEST_DATE,
+        test_ended_at=TEST_DATE,
+    )
+
+    state, dag_run = run_dag("retention_test_applications", AS_OF, retries=0)
+
+    assert state == "success", task_states(dag_run)
+    folder = f"reports/retention_test_applications/{safe_run_id(dag_run.run_id)}"
+    stored = {item["Key"] for item in s3.list_objects_v2(Bucket=reports_bucket)["Contents"]}
+    assert {f"{folder}/report.{kind}" for kind in ("json", "md", "html")} <= stored
+    assert f"{folder}/applications-rejected/gate-candidates.json" in stored
+    assert not (tmp_path / "data" / "reports").exists()
+    page = report_page(config.reports_dir(), "retention_test_applications", dag_run.run_id)
+    assert "applications-rejected" in page
 
 
 def test_the_restore_dag_file_parses_without_heavy_sdks():
