@@ -23,7 +23,7 @@ CUTOFFS = {
     "three_years_before": datetime(2023, 11, 25, tzinfo=timezone.utc),
 }
 
-# rule: (table, SQL counting its due records as of AS_OF); a plain reading of POLICY.md without holds.
+# rule: (table, SQL counting its due records as of AS_OF); a plain reading of the policy (docs/policy.md) without holds.
 RULE_CANDIDATES = {
     "account-closed": ("smicers", "SELECT COUNT(*) FROM smicers WHERE closed_at <= :as_of"),
     "account-inactive": (

@@ -1,4 +1,4 @@
-"""The policy file: every rule of POLICY.md as data, and clear errors for a broken file."""
+"""The policy file: every rule of the policy (docs/policy.md) as data, and clear errors for a broken file."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The reactivation cycle of POLICY.md against a real SMTP server on loopback, on three databases:
+"""The reactivation cycle of the policy (docs/policy.md) against a real SMTP server on loopback, on three databases:
 who gets a notice on which as-of date, responses, the grace period to the day, a new cycle,
 holds, invalid records, reruns, retries, backfills and throttling."""
 

@@ -1,4 +1,4 @@
-"""Each rule of POLICY.md against real SQLite, PostgreSQL and MariaDB databases."""
+"""Each rule of the policy (docs/policy.md) against real SQLite, PostgreSQL and MariaDB databases."""
 
 from __future__ import annotations
 

@@ -1,19 +1,24 @@
 """Steps 3 and 4 of an archiving rule: copy the due records into batches (one per table and
 retain_until), then verify each batch before anything may be erased. A batch's rows stream from one
 statement joining the table to the staged candidates into Parquet as Arrow record batches, and are
-indexed by one statement: no record key passes through Python to select them."""
+indexed by one statement: no record key passes through Python to select them.
+
+Runs at the same time (a backfill, a manual run during the nightly one, a subject's erasure) may
+archive the same records: each record goes into one batch, claimed in the index by one archive step
+at a time per table, and any run needing a batch another run wrote verifies it."""
 
 from __future__ import annotations
 
 import hashlib
 import tempfile
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 from sqlalchemy import Date, TextClause, bindparam, delete, func, insert, select, update
 
+from lifecycle.locks import exclusive
 from lifecycle.policy import Policy, Rule
 from lifecycle.rows import ArrowConverter, email_strip, key_lines, record_batches
 from lifecycle.run import RunContext, now_utc_naive
@@ -25,6 +30,8 @@ from lifecycle.stores import ArchiveError, open_archive_store, sha256_of_file
 PART_ROWS = 500_000
 FORMAT_VERSION = 1
 FIRST_KEY = -(2**63)
+# How long an archive step waits for another one writing a batch of the same table.
+CLAIM_WAIT_SECONDS = 900
 
 
 @dataclass(frozen=True)
@@ -128,23 +135,46 @@ class Export:
         return sum(rows for _, rows in self.parts)
 
 
+class _ClaimedMeanwhile(Exception):
+    """Another run's batch took some of the exported rows since the export."""
+
+
 def _archive_group(rule: Rule, store, rows: BatchRows) -> tuple[str, int] | None:
-    """Export the batch's rows, index them, and write the batch unless the archive holds it complete."""
-    with tempfile.TemporaryDirectory(prefix="archive-") as scratch:
-        export = _export(rows, Path(scratch))
-        if rows.source.is_root:
-            _check_candidates(rows, export.rows)
-        if export.rows == 0:
-            return None
-        # Named by what it holds, not by the run: a run that dies before verifying a batch leaves it for
-        # the next, which finds it complete under the same name instead of writing it again.
-        batch_key = f"{rows.source.table}/retain_until={rows.retain_until.isoformat()}/{rule.id}-{export.digest[:16]}"
-        _index_records(rows, batch_key, export.rows)
-        existing = store.read_manifest(batch_key)
-        if existing is None or existing.get("records_digest") != export.digest:
-            _write_batch(rule, store, rows, batch_key, export)
-    _record_batch(rule, store, rows, batch_key, export)
-    return batch_key, export.rows
+    """Export the batch's rows; then, alone among the archive steps of its table, index them and write
+    the batch unless the archive holds it complete. Rows another run's batch took since the export
+    are left to it, and the others exported again."""
+    while True:
+        with tempfile.TemporaryDirectory(prefix="archive-") as scratch:
+            export = _export(rows, Path(scratch))
+            if export.rows == 0:
+                if rows.source.is_root:
+                    with rows.run.engine.connect() as connection:
+                        _check_candidates(rows, 0, _unarchived_candidates(connection, rows))
+                return None
+            # Named by what it holds, not by the run: a run that dies before recording a batch leaves it
+            # for the next, which finds it complete under the same name instead of writing it again.
+            table, retain_until = rows.source.table, rows.retain_until.isoformat()
+            batch_key = f"{table}/retain_until={retain_until}/{rule.id}-{export.digest[:16]}"
+            try:
+                with _alone_archiving(rows.run, table):
+                    _index_records(rows, batch_key, export.rows)
+                    existing = store.read_manifest(batch_key)
+                    if existing is None or existing.get("records_digest") != export.digest:
+                        _write_batch(rule, store, rows, batch_key, export)
+                    _record_batch(rule, store, rows, batch_key, export)
+            except _ClaimedMeanwhile:
+                continue
+        return batch_key, export.rows
+
+
+@contextmanager
+def _alone_archiving(run: RunContext, table: str):
+    """From indexing a batch's rows to recording it, no other archive step indexes rows of `table`:
+    rows indexed for a batch not recorded are another run's only while it is still writing it."""
+    with exclusive(run.engine, f"lifecycle-archive-{table}", CLAIM_WAIT_SECONDS) as alone:
+        if not alone:
+            raise TimeoutError(f"{table}: another archive step has been writing a batch for {CLAIM_WAIT_SECONDS} s")
+        yield
 
 
 def _export(rows: BatchRows, scratch: Path) -> Export:
@@ -196,26 +226,32 @@ class _PartWriter:
             self.writer.close()
 
 
-def _check_candidates(rows: BatchRows, exported: int) -> None:
-    """Every due candidate of the rule's own table has its row in the batch (none was deleted meanwhile)."""
-    with rows.run.engine.connect() as connection:
-        expected = connection.execute(rows.statement(BATCH_CANDIDATES), rows.params()).scalar_one()
-    if exported != expected:
+def _unarchived_candidates(connection, rows: BatchRows) -> int:
+    return connection.execute(rows.statement(BATCH_CANDIDATES), rows.params()).scalar_one()
+
+
+def _check_candidates(rows: BatchRows, found: int, expected: int) -> None:
+    """Every due candidate of the rule's own table not in a batch yet (`expected`) has its row among
+    the `found` (none was deleted meanwhile)."""
+    if found != expected:
         raise ArchiveError(
-            f"{rows.source.table}, retain_until {rows.retain_until}: {exported} rows to archive for {expected} "
+            f"{rows.source.table}, retain_until {rows.retain_until}: {found} rows to archive for {expected} "
             "candidates (changed meanwhile)"
         )
 
 
 def _index_records(rows: BatchRows, batch_key: str, exported: int) -> None:
     """Which batch holds each record, with its subject's email digest computed by the database, in one
-    transaction; rows that changed since the export fail it."""
+    transaction; rows deleted since the export fail it, rows another run's batch took since undo it."""
     params = rows.params(batch_key=batch_key, strip=email_strip(rows.run.engine.dialect.name))
     with rows.run.engine.begin() as connection:
         connection.execute(rows.statement(UNINDEX_BATCH), params)
+        expected = _unarchived_candidates(connection, rows) if rows.source.is_root else None
         indexed = connection.execute(rows.statement(INDEX_BATCH), params).rowcount
+        if expected is not None:
+            _check_candidates(rows, indexed, expected)
         if indexed != exported:
-            raise ArchiveError(f"batch {batch_key}: {indexed} rows indexed for {exported} written (changed meanwhile)")
+            raise _ClaimedMeanwhile
         if rows.run.engine.dialect.name == "postgresql":
             # The erase step's re-check joins these rows: the planner must see them.
             connection.exec_driver_sql(f"ANALYZE {rows.run.tables.qualified(rows.run.tables.archived_records)}")
@@ -278,12 +314,15 @@ def _record_batch(rule: Rule, store, rows: BatchRows, batch_key: str, export: Ex
 
 
 def verify_archive(run: RunContext, rule: Rule) -> dict:
-    """Check every batch of this run against its manifest and its candidates; only then mark it verified."""
+    """Check every batch holding this run's records that no run has verified yet against its manifest
+    and its candidates; only then mark it verified. A batch that fails is unrecorded: its records are
+    archived again by the next run."""
     from lifecycle.expectations import validate_frame
 
     store = open_archive_store(run.archive_uri, run.s3_options)
     batches = _unverified_batches(run, rule)
     summary = [_check_batch(run, store, batch) for batch in batches]
+    _unrecord(run, [check["batch_key"] for check in summary if not _intact(check)])
     if summary:
         import pandas as pd
 
@@ -315,16 +354,19 @@ def verify_archive(run: RunContext, rule: Rule) -> dict:
 
 
 def _unverified_batches(run: RunContext, rule: Rule) -> list[dict]:
-    batches = run.tables.archive_batches
+    """The batches holding the run's due records that no run has verified yet: those it wrote, and those
+    another run wrote for some of them (at the same time, or before it was interrupted)."""
+    tables = run.tables
+    names = {name: tables.qualified(getattr(tables, name)) for name in ("archive_batches", "archived_records")}
+    query = statement(
+        run.engine,
+        BATCHES_TO_VERIFY,
+        sources=archive_sources(run.policy, rule),
+        candidates=tables.qualified(tables.candidates),
+        **names,
+    )
     with run.engine.connect() as connection:
-        rows = connection.execute(
-            select(batches).where(
-                batches.c.dag_id == run.dag_id,
-                batches.c.run_id == run.run_id,
-                batches.c.rule == rule.id,
-                batches.c.verified_at.is_(None),
-            )
-        ).mappings()
+        rows = connection.execute(query, {"selection_id": Selection.of(run, rule).id}).mappings()
         return [dict(row) for row in rows]
 
 
@@ -348,12 +390,32 @@ def _check_batch(run: RunContext, store, batch: dict) -> dict:
     }
 
 
+def _intact(check: dict) -> bool:
+    """What the archive gate expects of a batch (verify_archive's expectations)."""
+    rows_agree = check["candidate_rows"] == check["manifest_rows"] == check["indexed_rows"]
+    return rows_agree and check["candidate_digest"] == check["manifest_digest"] and check["parts_match"]
+
+
+def _unrecord(run: RunContext, batch_keys: list[str]) -> None:
+    """Batches failing verification (unless another run verified them meanwhile) no longer hold their
+    records: the next run archives them again."""
+    batches, records = run.tables.archive_batches, run.tables.archived_records
+    with run.engine.begin() as connection:
+        for batch_key in batch_keys:
+            unverified = (batches.c.batch_key == batch_key, batches.c.verified_at.is_(None))
+            if connection.execute(delete(batches).where(*unverified)).rowcount:
+                connection.execute(delete(records).where(records.c.batch_key == batch_key))
+
+
 def _mark_verified(run: RunContext, batch_keys: list[str]) -> None:
-    """Verified batches: from now on their records may be erased, and the audit trail counts them archived."""
+    """Verified batches: from now on their records may be erased, and the audit trail counts them archived
+    (once, whichever run verified them first)."""
     batches = run.tables.archive_batches
     with run.engine.begin() as connection:
         connection.execute(
-            update(batches).where(batches.c.batch_key.in_(batch_keys)).values(verified_at=now_utc_naive())
+            update(batches)
+            .where(batches.c.batch_key.in_(batch_keys), batches.c.verified_at.is_(None))
+            .values(verified_at=now_utc_naive())
         )
 
 
@@ -411,10 +473,30 @@ SELECT {% for column in columns %}t.{{ column | q }}{% if not loop.last %}, {% e
 """
 
 UNINDEX_BATCH = """\
-{# A batch's rows indexed under a batch never verified (an interrupted run): indexed again by this one. #}
+{# A batch's rows indexed under a batch never recorded (a run interrupted while writing it): indexed
+   again by this one. #}
 {% import "archive.sql" as m %}
 DELETE FROM {{ a.archived_records }}
  WHERE table_name = :table_name
    AND record_key IN (SELECT t.{{ a.key | q }}
 {{ m.batch_rows(a) }})
+"""
+
+BATCHES_TO_VERIFY = """\
+{# The unverified batches holding a selection's due records: a source's rows whose candidate (the row
+   itself, or the smicer a bundle member's link names) is due. #}
+SELECT ab.batch_key, ab.row_count, ab.records_digest
+  FROM {{ archive_batches }} ab
+ WHERE ab.verified_at IS NULL
+   AND (
+{% for source in sources %}
+       EXISTS (SELECT 1 FROM {{ archived_records }} ar
+                WHERE ar.batch_key = ab.batch_key AND ar.table_name = '{{ source.table }}'
+                  AND ar.record_key IN (SELECT t.{{ source.key | q }} FROM {{ source.table | q }} t
+                                          JOIN {{ candidates }} c ON c.record_key = t.{{ source.match | q }}
+                                         WHERE c.selection_id = :selection_id AND c.decision = 'due'))
+{% if not loop.last %}    OR {% endif %}
+{% endfor %}
+       )
+ ORDER BY ab.batch_key
 """

@@ -23,10 +23,16 @@ from lifecycle.stores.s3 import S3Options
 
 # Left in place by a safeguard, which fails the step: the run must not look complete.
 REFUSALS = ("archive not verified", "stored file not erased")
+# Tries of an erase transaction that finds rows of its range erased meanwhile by another run's.
+ERASE_TRIES = 5
 
 
 class ErasureRefused(RuntimeError):
     """Records were left in place because erasing them would break a safeguard."""
+
+
+class _ErasedMeanwhile(Exception):
+    """Another run's transaction erased rows of the range after this one's re-check."""
 
 
 def erase_due(run: RunContext, rule: Rule, key_range: KeyRange = EVERY_KEY) -> dict:
@@ -93,7 +99,20 @@ class _RangeEraser:
         connection.execute(insert(self.run.tables.erasures), rows)
 
     def erase_range(self, erasure: int, key_from: int, key_to: int) -> dict[str, int]:
-        """One transaction: re-check, erase stored files, audit and erase the bundle, erase, done."""
+        """One transaction: re-check, erase stored files, audit and erase the bundle, erase, done. Where
+        another run (erasing the same table at the same time) erased some of the rows after the
+        re-check, the transaction is rolled back and tried again: its re-check then finds them gone,
+        and the audit trail never names a record erased by two runs."""
+        for _ in range(ERASE_TRIES):
+            try:
+                return self._erase_range(erasure, key_from, key_to)
+            except _ErasedMeanwhile:
+                continue
+        raise RuntimeError(
+            f"rule {self.rule.id}: keys {key_from} to {key_to} erased meanwhile by other runs in {ERASE_TRIES} tries"
+        )
+
+    def _erase_range(self, erasure: int, key_from: int, key_to: int) -> dict[str, int]:
         with self.run.engine.begin() as connection:
             bounds = {"key_from": key_from, "key_to": key_to}
             self._recheck(connection, bounds, "gone" if rechecks_itself(self.rule) else "due")
@@ -104,8 +123,7 @@ class _RangeEraser:
             erased: dict[str, int] = {}
             for table, column, action in self._targets():
                 recheck = rechecks_itself(self.rule) and table == self.rule.table
-                if table != self.rule.table:
-                    self._audit(connection, bounds, table, column, action)
+                audited = self._audit(connection, bounds, table, column, action) if table != self.rule.table else None
                 done = self._execute(
                     connection,
                     ERASE_STAGED,
@@ -116,9 +134,13 @@ class _RangeEraser:
                     recheck=recheck,
                     r=self.decision.context,
                 )
+                if audited not in (None, done.rowcount):
+                    raise _ErasedMeanwhile
                 erased["erased" if table == self.rule.table else f"{action}d:{table}"] = done.rowcount
             if rechecks_itself(self.rule):
                 self._recheck(connection, bounds, "kept")
+            if self._still_pending(connection, bounds) != erased["erased"]:
+                raise _ErasedMeanwhile
             if self.rule.action == "reactivate":
                 close_erased_cycles(connection, self.run, self.rule, self.selection.pending_due_in(**bounds))
             erasures = self.run.tables.erasures
@@ -145,7 +167,8 @@ class _RangeEraser:
         targets = [(m.table, m.link, "erase" if m.action == "erase" else "pseudonymise") for m in members]
         return [*targets, (self.rule.table, policy.tables[self.rule.table].key, "erase")]
 
-    def _audit(self, connection, bounds: dict, table: str, column: str, action: str) -> None:
+    def _audit(self, connection, bounds: dict, table: str, column: str, action: str) -> int:
+        """Write the events of a bundle member's rows about to be erased or pseudonymised; how many."""
         run = self.run
         params = bounds | {
             "recorded_at": now_utc_naive(),
@@ -158,7 +181,13 @@ class _RangeEraser:
             "as_of": run.as_of_naive,
         }
         key = run.policy.tables[table].key
-        self._execute(connection, AUDIT_BUNDLE_ROWS, params, table=table, key=key, column=column)
+        return self._execute(connection, AUDIT_BUNDLE_ROWS, params, table=table, key=key, column=column).rowcount
+
+    def _still_pending(self, connection, bounds: dict) -> int:
+        """The due candidates of the range not left in place: what the transaction counts as erased."""
+        selection = self.selection
+        pending = select(func.count()).select_from(selection.pending_due_in(**bounds).subquery())
+        return connection.execute(pending).scalar_one()
 
     def _erase_stored_files(self, connection, bounds: dict) -> None:
         """Erase each record's stored file first; a record whose file cannot be erased stays."""

@@ -16,7 +16,7 @@ from lifecycle.step import Step
 
 
 def volume_limit(rule: Rule, table_rows: int) -> int:
-    """The most candidates one run may act on without approval (POLICY.md, volume safeguard)."""
+    """The most candidates one run may act on without approval (docs/policy.md choices: the volume safeguard)."""
     ceiling = rule.volume_ceiling
     return max(ceiling.count, math.floor(ceiling.share * table_rows))
 

@@ -52,7 +52,7 @@ class Mailer(Protocol):
 
 
 def valid_address(raw: object) -> str | None:
-    """The trimmed address when valid (POLICY.md: one @, a local part, a dotted domain, no white space)."""
+    """The trimmed address when valid (docs/policy.md choices: one @, a local part, a dotted domain, no white space)."""
     if not isinstance(raw, str):
         return None
     address = raw.strip()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,6 +14,8 @@ from dateutil.relativedelta import relativedelta
 from lifecycle.periods import add_period, parse_period
 
 DEFAULT_POLICY_PATH = Path(__file__).resolve().parents[1] / "policy" / "smice.yaml"
+# The sections of the policy file's `readings`.
+READINGS = ("choices", "conservative")
 ACTIONS = ("erase", "archive_erase", "reactivate", "purge_archive")
 FILTER_OPS = ("eq", "null", "not_null")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -191,6 +193,9 @@ class Policy:
     bundles: dict[str, Bundle]
     restriction_holds: RestrictionHolds
     purposes: tuple[Purpose, ...]
+    # The readings taken where the seed is silent or ambiguous, for the policy's documentation:
+    # {"choices": (...), "conservative": (...)}.
+    readings: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def rules(self) -> tuple[Rule, ...]:
         return tuple(rule for purpose in self.purposes for rule in purpose.rules)
@@ -257,7 +262,17 @@ class _PolicyReader:
             bundles=self.bundles,
             restriction_holds=self._restriction_holds(),
             purposes=purposes,
+            readings=self._readings(self.data.get("readings") or {}),
         )
+
+    def _readings(self, readings: object) -> dict[str, tuple[str, ...]]:
+        if not isinstance(readings, dict) or set(readings) - set(READINGS):
+            raise self.fail("top level", "readings", f"expected a mapping of {' and '.join(READINGS)}")
+        lists = {name: readings.get(name) or [] for name in READINGS}
+        for name, texts in lists.items():
+            if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+                raise self.fail("readings", name, "expected a list of texts")
+        return {name: tuple(texts) for name, texts in lists.items()}
 
     def _unique(self, values: list[str], what: str) -> None:
         seen = set()

@@ -1,4 +1,4 @@
-"""The reactivation cycle's memory (POLICY.md, "The reactivation cycle"): the ledger of notices, one
+"""The reactivation cycle's memory (docs/policy.md, rule `account-inactive`): the ledger of notices, one
 row per smicer and inactivity cycle, and what it makes of a smicer inactive for the rule's period:
 a notice to send, an erasure due (grace over, no response), or nothing yet.
 
@@ -171,7 +171,7 @@ class NoticeLedger:
 
         Not handed over: nothing left, the notice is tried again. Handed over to the outbox: the file
         tells. Handed over to a mail server, which cannot be asked: counted as sent at its as-of, never
-        sent twice (POLICY.md: one email per cycle, never two), and erasure still waits for the grace."""
+        sent twice (docs/policy.md choices: one email per cycle, never two), and erasure still waits for the grace."""
         t = self.table
         with self.run.engine.connect() as connection:
             pending = [

@@ -25,9 +25,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.schema import CreateSchema
 
+from lifecycle.locks import exclusive
 from lifecycle.sql import render
 
 POSTGRES_SCHEMA = "lifecycle"
+# How long a run waits for another one creating the pipeline's tables (the runs of a first backfill).
+CREATE_WAIT_SECONDS = 60
 BATCH_KEY = String(300)
 
 
@@ -239,15 +242,19 @@ def lifecycle_tables(engine: Engine) -> LifecycleTables:
 
 
 def ensure_lifecycle_tables(engine: Engine) -> LifecycleTables:
-    """Create the pipeline's tables where missing (idempotent; never touches application tables)."""
+    """Create the pipeline's tables where missing (idempotent; never touches application tables), one
+    run at a time: runs starting together on a database never run before would create them twice."""
     tables = lifecycle_tables(engine)
-    with engine.begin() as connection:
-        if engine.dialect.name == "postgresql":
-            connection.execute(CreateSchema(POSTGRES_SCHEMA, if_not_exists=True))
-        tables.metadata.create_all(connection, checkfirst=True)
-        _add_missing_columns(connection, tables)
-        if not inspect(connection).has_table(tables.audit_trail.name, schema=tables.audit_trail.schema):
-            connection.exec_driver_sql(render(engine, AUDIT_TRAIL_VIEW, t=_qualified_names(tables)))
+    with exclusive(engine, "lifecycle-create-tables", CREATE_WAIT_SECONDS) as alone:
+        if not alone:
+            raise TimeoutError(f"another run has been creating the pipeline's tables for {CREATE_WAIT_SECONDS} s")
+        with engine.begin() as connection:
+            if engine.dialect.name == "postgresql":
+                connection.execute(CreateSchema(POSTGRES_SCHEMA, if_not_exists=True))
+            tables.metadata.create_all(connection, checkfirst=True)
+            _add_missing_columns(connection, tables)
+            if not inspect(connection).has_table(tables.audit_trail.name, schema=tables.audit_trail.schema):
+                connection.exec_driver_sql(render(engine, AUDIT_TRAIL_VIEW, t=_qualified_names(tables)))
     return tables
 
 

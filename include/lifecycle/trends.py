@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, time
 from html import escape
@@ -94,8 +95,11 @@ class ReportedRun:
         return f"{self.as_of:%Y-%m-%d}" if self.as_of.time() == time() else f"{self.as_of:%Y-%m-%d %H:%M}"
 
 
-def render_trends(engine: Engine, runs: int = DEFAULT_RUNS, dag_id: str | None = None) -> str:
-    history = reported_runs(engine, runs, dag_id)
+def render_trends(
+    engine: Engine, runs: int = DEFAULT_RUNS, dag_id: str | None = None, dag_ids: Collection[str] | None = None
+) -> str:
+    """The page of one DAG (`dag_id`), of some (`dag_ids`: those a user of the UI may read), else of every DAG."""
+    history = reported_runs(engine, runs, [dag_id] if dag_id else dag_ids)
     which = f"DAG {dag_id}" if dag_id else "each DAG"
     header = (
         "<h1>Retention over time</h1>"
@@ -109,8 +113,9 @@ def render_trends(engine: Engine, runs: int = DEFAULT_RUNS, dag_id: str | None =
     return html_page("Retention over time", body, TRENDS_CSS)
 
 
-def reported_runs(engine: Engine, runs: int, dag_id: str | None = None) -> dict[str, list[ReportedRun]]:
-    """The last `runs` reported runs of each DAG, oldest first. A run has a summary once reported."""
+def reported_runs(engine: Engine, runs: int, dag_ids: Collection[str] | None = None) -> dict[str, list[ReportedRun]]:
+    """The last `runs` reported runs of each DAG (of `dag_ids` only, when given), oldest first. A run has
+    a summary once reported."""
     table = lifecycle_tables(engine).runs
     if not inspect(engine).has_table(table.name, schema=table.schema):
         return {}
@@ -119,8 +124,8 @@ def reported_runs(engine: Engine, runs: int, dag_id: str | None = None) -> dict[
     ranked = select(
         table.c.dag_id, table.c.run_id, table.c.as_of, table.c.policy_version, table.c.summary, recency.label("recency")
     ).where(table.c.summary.is_not(None))
-    if dag_id:
-        ranked = ranked.where(table.c.dag_id == dag_id)
+    if dag_ids is not None:
+        ranked = ranked.where(table.c.dag_id.in_(dag_ids))
     ranked = ranked.subquery()
     query = select(ranked).where(ranked.c.recency <= runs).order_by(ranked.c.dag_id, ranked.c.as_of, ranked.c.run_id)
     history: dict[str, list[ReportedRun]] = {}

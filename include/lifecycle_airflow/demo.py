@@ -1,9 +1,10 @@
 """The demo: a fresh SQLite application database full of synthetic smicers, every retention DAG
 run for one as-of date through Airflow (`dag.test()`, as `airflow dags test` does), and what each rule did.
 With --follow-up-days N, one smicer who got a reactivation notice logs in the next day and every DAG
-runs again N days later: past the 30-day grace period, the others are erased.
+runs again N days later: past the 30-day grace period, the others are erased. With --prepare-only, the
+database is seeded and nothing run: the DAGs are the user's to trigger from the UI.
 
-    scripts/demo [--as-of YYYY-MM-DD] [--size N] [--seed N] [--follow-up-days N]
+    scripts/demo [--as-of YYYY-MM-DD] [--size N] [--seed N] [--follow-up-days N | --prepare-only]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy import column, table
 from lifecycle.appschema import create_app_schema
 from lifecycle.demo.seed import seed_demo
 from lifecycle.policy import load_policy
+from lifecycle.report_paths import run_report_dir
 from lifecycle.reporting import COLUMNS, NOTICE_COLUMNS
 from lifecycle.store import lifecycle_tables, make_engine
 from lifecycle_airflow import config, mail_config
@@ -35,8 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     _fresh_data_folder(data)
     seeded = _seed(as_of, args.size, args.seed, data)
     print(f"Seeded {sum(seeded.values())} rows ({args.size} smicers, seed {args.seed}) into {config.default_app_url()}")
-    log = data / "airflow-dag-test.log"
     dag_ids = _dag_ids()
+    if args.prepare_only:
+        _print_what_to_trigger(dag_ids, as_of)
+        return 0
+    log = data / "airflow-dag-test.log"
     # Open for the whole demo: Airflow's loggers keep writing to the stream of their first run.
     with log.open("a", encoding="utf-8") as airflow_output:
         failed = _run_pass(dag_ids, as_of, airflow_output, data)
@@ -68,20 +73,27 @@ def _arguments(argv):
     )
     parser.add_argument("--size", type=int, default=200, help="number of smicers (default 200)")
     parser.add_argument("--seed", type=int, default=7, help="random seed of the synthetic data (default 7)")
-    parser.add_argument(
+    passes = parser.add_mutually_exclusive_group()
+    passes.add_argument(
         "--follow-up-days",
         type=int,
         default=0,
         help="run every DAG again this many days later (31: past the reactivation grace period)",
     )
+    passes.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="seed the database and run nothing: trigger the DAGs from the UI",
+    )
     return parser.parse_args(argv)
 
 
 def _fresh_data_folder(data: Path) -> None:
-    """The demo owns data/: it starts from nothing each time."""
+    """The demo owns data/: a fresh database, archive, documents and outbox each time. The reports stay,
+    one folder per run: Airflow keeps the earlier runs, and their Run report tabs show them."""
     for name in ("smice_demo.db", "smice_demo.db-wal", "smice_demo.db-shm"):
         (data / name).unlink(missing_ok=True)
-    for name in ("archive", "reports", "documents", "outbox"):
+    for name in ("archive", "documents", "outbox"):
         shutil.rmtree(data / name, ignore_errors=True)
     data.mkdir(parents=True, exist_ok=True)
 
@@ -98,6 +110,22 @@ def _dag_ids() -> list[str]:
     return [purpose.dag_id for purpose in load_policy(config.policy_path()).purposes]
 
 
+def _print_what_to_trigger(dag_ids: list[str], as_of: datetime) -> None:
+    from lifecycle_airflow import holds_dag, replay_dag, restore_dag, subject_dag
+
+    retention = "".join(f"\n  {dag_id}" for dag_id in dag_ids)
+    on_demand = ", ".join(module.DAG_ID for module in (holds_dag, subject_dag, restore_dag, replay_dag))
+    print(
+        "\nNothing was run: the DAGs are yours to trigger from the Airflow UI.\n"
+        "\n  source scripts/env.sh && airflow standalone    # http://127.0.0.1:8080, user admin\n"
+        "\nThe admin password is in simple_auth_manager_passwords.json.generated. Unpause and trigger each"
+        " retention DAG (dry_run first shows what a run would do; a run triggered now acts as of now, or as of"
+        f" the logical date you give it, e.g. {as_of:%Y-%m-%d}):{retention}"
+        f"\nand the on-demand DAGs from their forms: {on_demand} (e.g. a legal hold by table and key placed"
+        " before a retention run: its report counts the record held)."
+    )
+
+
 def _run_pass(
     dag_ids: list[str], as_of: datetime, airflow_output: TextIO, data: Path, volume_approved: bool = False
 ) -> list[str]:
@@ -108,10 +136,10 @@ def _run_pass(
         f"(dag.test; Airflow's output in {airflow_output.name})"
     )
     sent_before = set(mail_config.outbox_dir().glob("*.eml"))
-    failed = _run_dags(dag_ids, as_of, airflow_output, {"volume_approved": volume_approved})
-    _print_summary(data / "reports", dag_ids, as_of)
+    runs = _run_dags(dag_ids, as_of, airflow_output, {"volume_approved": volume_approved})
+    _print_summary(data / "reports", runs)
     _print_notices(sorted(set(mail_config.outbox_dir().glob("*.eml")) - sent_before))
-    return failed
+    return [dag_id for dag_id, (_, state) in runs.items() if state != "success"]
 
 
 def _log_in_after_notice(as_of: datetime) -> int | None:
@@ -142,30 +170,44 @@ def _print_notices(files: list[Path]) -> None:
         print(f"  {path.name}  [{message['Content-Language']}]  {message['Subject']}")
 
 
-def _run_dags(dag_ids: list[str], as_of: datetime, output: TextIO, conf: dict) -> list[str]:
-    """Run each DAG with dag.test() in this process, Airflow's own output going to `output`."""
+def _run_dags(dag_ids: list[str], as_of: datetime, output: TextIO, conf: dict) -> dict[str, tuple[str, str]]:
+    """Run each DAG with dag.test() in this process, Airflow's own output going to `output`: each
+    DAG's run id and final state."""
     from airflow.dag_processing.dagbag import DagBag
 
-    outcomes = []
+    runs, seconds = {}, {}
     with output_to(output):
         bag = DagBag(collect_dags=True)
         for dag_id in dag_ids:
             started = time.monotonic()
-            state = bag.dags[dag_id].test(logical_date=as_of, run_conf=conf).state
-            outcomes.append((dag_id, state, time.monotonic() - started))
-    for dag_id, state, seconds in outcomes:
-        print(f"  {dag_id}: {state} in {seconds:.0f} s")
-    return [dag_id for dag_id, state, _ in outcomes if state != "success"]
+            run = bag.dags[dag_id].test(logical_date=as_of, run_conf=conf)
+            seconds[dag_id] = time.monotonic() - started
+            _started_when_created(run.id)
+            runs[dag_id] = (run.run_id, run.state)
+    for dag_id, (_, state) in runs.items():
+        print(f"  {dag_id}: {state} in {seconds[dag_id]:.0f} s")
+    return runs
 
 
-def _print_summary(reports: Path, dag_ids: list[str], as_of: datetime) -> None:
+def _started_when_created(run_key: int) -> None:
+    """dag.test() dates a run's start at its logical date, the as-of: the UI would show a run of a few
+    seconds as lasting since that midnight. It started when dag.test() created it, its run_after."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    with create_session() as session:
+        session.execute(update(DagRun).where(DagRun.id == run_key).values(start_date=DagRun.run_after))
+
+
+def _print_summary(reports: Path, runs: dict[str, tuple[str, str]]) -> None:
+    """What each rule of each DAG's run did, from the run's report."""
     widths = [max(len(column) + 2, 8) for column in COLUMNS]
     header = f"{'rule':<24}" + "".join(f"{column:>{w}}" for column, w in zip(COLUMNS, widths, strict=True))
-    for dag_id in dag_ids:
-        for report_file in sorted((reports / dag_id).glob("*/report.json")):
+    for dag_id, (run_id, _) in runs.items():
+        report_file = run_report_dir(reports, dag_id, run_id) / "report.json"
+        if report_file.is_file():
             report = json.loads(report_file.read_text(encoding="utf-8"))
-            if report["as_of"] != as_of.isoformat():
-                continue
             print(f"\n{dag_id}  (report: {report_file.with_suffix('.md')})\n{header}")
             for outcome in report["rules"]:
                 cells = "".join(f"{outcome.get(c, 0):>{w}}" for c, w in zip(COLUMNS, widths, strict=True))

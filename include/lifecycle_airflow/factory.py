@@ -9,6 +9,7 @@ from airflow.sdk import DAG, CronTriggerTimetable, Param, TaskGroup, TriggerRule
 
 from lifecycle.pipeline import APPROVE, SHARED_BY_KEY_RANGE, steps_for
 from lifecycle.policy import Policy, Purpose
+from lifecycle.policy_doc import SUMMARY, rule_summary_markdown, ui_link
 from lifecycle_airflow import tasks
 from lifecycle_airflow.alerts import alert_failure
 from lifecycle_airflow.approval import VolumeApproval
@@ -59,13 +60,18 @@ def build_dag(policy: Policy, purpose: Purpose) -> DAG:
         params={
             "dry_run": Param(
                 False,
-                type="boolean",
-                description="Decide and report what each step would do; change, send, archive or purge nothing.",
+                type=["null", "boolean"],
+                title="Dry run",
+                description="On: every step decides and reports what it would do, and nothing is changed, sent, "
+                "archived or purged; the run's report is marked DRY RUN.",
             ),
             "volume_approved": Param(
                 False,
-                type="boolean",
-                description="Act even when a rule's candidates exceed its volume ceiling (POLICY.md).",
+                type=["null", "boolean"],
+                title="Volume approved",
+                # Markdown, for the link: the UI shows description_md only when there is no description.
+                description_md="On: act even when a rule's candidates exceed its volume ceiling (see the "
+                "[policy](lifecycle/policy)), without waiting at its `approve` task for an operator.",
             ),
         },
     ) as dag:
@@ -119,44 +125,22 @@ def purpose_doc(policy: Policy, purpose: Purpose) -> str:
         "",
         f"**Legal basis:** {purpose.legal_basis}  ",
         f"**Seed reference:** {purpose.seed_reference} of `{policy.seed}`  ",
-        f"**Policy:** {policy.name}, version `{policy.version[:16]}`",
+        f"**Policy:** {policy.name}, version `{policy.version[:16]}` "
+        f"([this purpose in the policy's documentation]({ui_link(purpose.id)}); each rule links to its section)",
         "",
         "The run's logical date (UTC) is the as-of of every decision. Parameter `dry_run` decides and "
         "reports without changing anything; above a rule's volume ceiling the run waits at the rule's "
         "`approve` task for an operator (Required actions), unless `volume_approved` is set.",
         "",
-        "| rule | records | window | action | archive |",
-        "|---|---|---|---|---|",
+        "| rule | " + " | ".join(SUMMARY) + " |",
+        "|---" * (1 + len(SUMMARY)) + "|",
     ]
     for rule in purpose.rules:
-        lines.append(
-            f"| `{rule.id}` | {_records(rule)} | {_window(rule)} | {rule.action.replace('_', ' then ')} "
-            f"| {_archive(rule)} |"
-        )
-    choices = [f"- `{rule.id}`: {rule.choice} (choice)" for rule in purpose.rules if rule.choice]
+        cells = (f"[`{rule.id}`]({ui_link(rule.id)})", *rule_summary_markdown(rule))
+        lines.append("| " + " | ".join(cells) + " |")
+    choices = [
+        f"- [`{rule.id}`]({ui_link(rule.id)}): {rule.choice} ([choice]({ui_link('choices')}))"
+        for rule in purpose.rules
+        if rule.choice
+    ]
     return "\n".join(lines + ([""] + choices if choices else [])) + "\n"
-
-
-def _records(rule) -> str:
-    if rule.table is None:
-        return "archive batches"
-    where = " and ".join(f"{f.column.table}.{f.column.column} {f.op} {f.value or ''}".strip() for f in rule.filters)
-    return f"`{rule.table}`" + (f" where {where}" if where else "")
-
-
-def _window(rule) -> str:
-    if not rule.windows:
-        return "retain_until"
-    parts = []
-    for window in rule.windows:
-        columns = ", else ".join(f"{ref.table}.{ref.column}" for ref in window.columns)
-        anchor = f"latest of {columns}" if window.pick == "latest" else columns
-        parts.append(f"{anchor} + {window.period_text}")
-    return "; otherwise ".join(parts) + (f"; grace {rule.grace_period_text}" if rule.grace_period_text else "")
-
-
-def _archive(rule) -> str:
-    if not rule.archive:
-        return "none"
-    source = "as-of" if rule.archive.source is None else rule.archive.source.column
-    return f"retain until {source} + {rule.archive.retain_for_text}"

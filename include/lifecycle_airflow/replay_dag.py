@@ -41,13 +41,14 @@ def build_replay_dag() -> DAG:
                 type="string",
                 format="date",
                 title="Since",
-                description="The day (UTC, YYYY-MM-DD) the restored backup was taken: the ledger is read from it on.",
+                description="The day (UTC, YYYY-MM-DD) the restored backup was taken, or the day before if in "
+                "doubt: the ledger is read from it on.",
             ),
             "dry_run": Param(
                 True,
-                type="boolean",
+                type=["null", "boolean"],
                 title="Dry run",
-                description="Count what would be erased again; change nothing.",
+                description="On: count what would be erased again, change nothing. Switch it off to erase again.",
             ),
         },
     ) as dag:
@@ -70,7 +71,7 @@ def replay(params=None, dag_run=None) -> dict:
         store = open_archive_store(uri, config.archive_s3_options(uri))
         engine = tasks._engine(config.app_database_url())
         policy = tasks._policy(config.policy_path())
-        dry_run = bool(params.get("dry_run", True))
+        dry_run = params.get("dry_run") is not False  # only an explicit false erases
         counts = replay_erasures(engine, policy, store, since, dry_run, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
     except (ReplayError, ArchiveError) as error:
         raise AirflowFailException(str(error)) from None

@@ -39,11 +39,47 @@ def build_restore_dag() -> DAG:
         DOC,
         ["gdpr", "archive", "restore"],
         {
-            "batch_key": Param("", type="string", description="A batch key, as in the run reports."),
-            "email": Param("", type="string", description="Or: the address whose archived records to restore."),
-            "destination": Param("", type="string", description="file:///abs/dir (empty: data folder's restored/)."),
-            "tier": Param("Bulk", enum=["Bulk", "Standard", "Expedited"], description="S3 restore tier."),
-            "days": Param(3, type="integer", minimum=1, description="Days S3 keeps the restored copy."),
+            "batch_key": Param(
+                None,
+                type=["null", "string"],
+                title="Batch key",
+                description="Restore this batch, its key as in the run reports; or leave it empty and give an email.",
+            ),
+            "email": Param(
+                None,
+                type=["null", "string"],
+                maxLength=320,
+                title="Email address",
+                description="Or: restore every archived record of this address (only their rows are copied). "
+                "Airflow keeps what this form sends with the run's parameters (in its metadata database, shown "
+                "on the run's details page) until the run is deleted.",
+            ),
+            "destination": Param(
+                None,
+                type=["null", "string"],
+                title="Destination",
+                description="Where the records are copied: file:///absolute/folder. Empty: the data folder's "
+                "restored/.",
+            ),
+            "tier": Param(
+                "Bulk",
+                type="string",
+                enum=["Bulk", "Standard", "Expedited"],
+                values_display={
+                    "Bulk": "Bulk: the cheapest; 5-12 hours from GLACIER, up to 48 from DEEP_ARCHIVE",
+                    "Standard": "Standard: 3-5 hours from GLACIER, up to 12 from DEEP_ARCHIVE",
+                    "Expedited": "Expedited: 1-5 minutes from GLACIER; not offered for DEEP_ARCHIVE",
+                },
+                title="Restore tier",
+                description="How fast S3 restores the parts in DEEP_ARCHIVE or GLACIER (the faster, the dearer).",
+            ),
+            "days": Param(
+                3,
+                type="integer",
+                minimum=1,
+                title="Days kept",
+                description="How many days S3 keeps the restored copy of a cold part.",
+            ),
         },
     ) as dag:
         RestoreEvidenceSensor(

@@ -6,6 +6,8 @@ deletion certificate. XCom and the report never hold the address."""
 
 from __future__ import annotations
 
+import logging
+
 from airflow.sdk import DAG, Param, chain, task
 
 from lifecycle.subject import KINDS
@@ -58,8 +60,9 @@ hold refuses it. An erasure or objection adds a keyed hash of the address to the
 (the key: connection `lifecycle_suppression` or variable `lifecycle_suppression_key`).
 
 A malformed address, an unknown kind or a request row that does not match fails the run at its
-`check` task, whose log says why; nothing is changed. The address never appears in logs, XCom or
-the report.
+`check` task, whose log says why in its first lines; nothing is changed. The address never appears
+in logs, XCom or the report; Airflow itself keeps it with the run's parameters (its metadata database,
+the run's details page), also for a refused request, until the run is deleted.
 """
 
 
@@ -78,7 +81,10 @@ def _params() -> dict[str, Param]:
         "email": Param(
             type="string",
             title="Email address",
-            description="The data subject's address, as verified (case and surrounding spaces do not matter).",
+            description="The data subject's address, as verified (case and surrounding spaces do not matter). "
+            "Airflow keeps what this form sends with the run's parameters (in its metadata database, shown on the "
+            "run's details page), also when the request is refused, until the run is deleted; the run's logs, "
+            "XCom and report never show it.",
             minLength=1,
             maxLength=320,
         ),
@@ -91,10 +97,11 @@ def _params() -> dict[str, Param]:
         ),
         "dry_run": Param(
             True,
-            type="boolean",
+            type=["null", "boolean"],
             title="Dry run",
             description="On: only report what the request would do, changing nothing. Switch it off to carry "
-            "the request out. (From --conf or the REST API, leaving it out means a dry run for an erasure only.)",
+            "the request out. (From --conf or the REST API, leaving it out or null means a dry run for an erasure "
+            "only.)",
         ),
         "request_id": Param(
             None,
@@ -175,4 +182,7 @@ def _refusing(action, *args):
     try:
         return action(*args)
     except (RequestRefused, SuppressionKeyMissing, GateFailed, ErasureRefused, ArchiveError) as error:
-        raise AirflowFailException(f"request refused: {error}") from None
+        message = f"request refused: {error}"
+        # First in the task's log, not only after the traceback.
+        logging.getLogger(__name__).error(message)
+        raise AirflowFailException(message) from None

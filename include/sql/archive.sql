@@ -1,7 +1,9 @@
 {# The rows of an archive batch (lifecycle.archiving): a source table's rows whose candidate (the row
    itself, or the smicer a bundle member's link names) is due and pending in the selection with the
-   batch's retain_until, and in its key range, less those a verified batch already holds. `a` is the
-   batch's context; a.bounds names the ends of its key range that are bound (:key_from, :key_to). #}
+   batch's retain_until, and in its key range, less those a recorded batch already holds (verified, or
+   written and waiting for a run to verify it: a run archiving the same rows at the same time leaves them
+   to it). `a` is the batch's context; a.bounds names the ends of its key range that are bound
+   (:key_from, :key_to). #}
 
 {% macro due(a) -%}
 c.selection_id = :selection_id AND c.decision = 'due' AND c.state = 'pending' AND c.retain_until = :retain_until
@@ -12,7 +14,7 @@ c.selection_id = :selection_id AND c.decision = 'due' AND c.state = 'pending' AN
 {% macro unarchived(a, key) -%}
 NOT EXISTS (SELECT 1 FROM {{ a.archived_records }} ar
               JOIN {{ a.archive_batches }} ab ON ab.batch_key = ar.batch_key
-             WHERE ar.table_name = :table_name AND ar.record_key = {{ key }} AND ab.verified_at IS NOT NULL)
+             WHERE ar.table_name = :table_name AND ar.record_key = {{ key }})
 {%- endmacro %}
 
 {% macro batch_rows(a, with_owner=false) -%}

@@ -37,7 +37,7 @@ def test_the_dag_parses_on_demand_with_its_trigger_form(airflow_home):
     dag = bag.get_dag("legal_holds")
     assert dag.schedule is None and dag.doc_md.startswith("# Legal holds")
     assert dag.params.get_param("action").schema["enum"] == ["place", "lift", "list"]
-    assert dag.params.get_param("table").schema["enum"] == ["", *sorted(POLICY.tables)]
+    assert dag.params.get_param("table").schema["enum"] == [None, *sorted(POLICY.tables)]
     [task] = dag.tasks
     assert (task.owner, task.retries) == ("data-protection", 2)
 

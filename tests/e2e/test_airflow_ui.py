@@ -1,6 +1,7 @@
-"""End to end in the real UI: `airflow standalone` on a free port with the project's DAGs and plugin, on a
-seeded demo application database; driven through its REST API, then in headless Chromium (Debian's
-chromium and chromedriver, through Selenium), which takes the README's screenshots.
+"""End to end in the real UI, as a user following the README: `scripts/demo` run twice, then `airflow
+standalone` (on a free port) with the project's DAGs and plugin on the second demo's application database;
+driven through its REST API, then in headless Chromium (Debian's chromium and chromedriver, through
+Selenium), which takes the README's screenshots.
 
 Screenshots go to $LIFECYCLE_SCREENSHOTS_DIR when set (scripts/screenshots: docs/screenshots), else to
 the test's temporary folder.
@@ -9,6 +10,7 @@ the test's temporary folder.
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,9 +25,8 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import DateTime, column, func, insert, select, table
 
-from airflow_harness import dag_bag
-from lifecycle.appschema import create_app_schema
-from lifecycle.demo.seed import seed_demo
+from airflow_harness import PROJECT, airflow_home_env, dag_bag
+from lifecycle.policy import load_policy
 from lifecycle.store import make_engine
 from tests.e2e.standalone import Standalone, running_standalone, task_states, trigger, wait_for, wait_for_run_end
 
@@ -43,13 +44,24 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
 )
 TABLE_VIEW_BUTTON = (By.CSS_SELECTOR, "button[aria-label='Show table view']")
+PLUGINS_MENU = (By.XPATH, "//button[normalize-space()='Plugins']")
 DAG_ID = "retention_newsletters"
+DEMO_DAG_ID = "retention_account_services"
+HOLDS_DAG_ID = "legal_holds"
 RULE_ID = "newsletter"
 RUN_TIMEOUT = 240
+DEMO_TIMEOUT = 600
+TODAY = datetime.now(UTC).date()
+# A week ago's demo, then one over the last month: as of 31 days ago, and again today. The first demo's
+# runs stay in Airflow (other logical dates), its database does not: the second demo starts afresh.
+FIRST_DEMO = ("--as-of", f"{TODAY - timedelta(days=7)}")
+SECOND_DEMO = ("--as-of", f"{TODAY - timedelta(days=31)}", "--follow-up-days", "31")
+DEMO_AS_OFS = [f"{TODAY - timedelta(days=days)}" for days in (31, 7, 0)]
 SUBJECT_DAG_ID = "subject_request"
 ERASURE_LABEL = "erasure: archive the smicer bundle as evidence, erase the rest"
-# Above the newsletter rule's volume ceiling (more than 50 and more than 20 % of the table): the
-# demo seeds 100 subscriptions, a few of them due.
+# Withdrawn since the demo's last run, which erased those due of its 100 subscriptions: work for the dry run.
+NEWLY_WITHDRAWN = 12
+# With those, above the newsletter rule's volume ceiling (more than 50 and more than 20 % of the table).
 EXTRA_WITHDRAWN = 60
 # Airflow 3.3.2 fails the approval task (a "state changed externally" retry) when the answer lands before
 # the scheduler has handled the exit of the worker that parked it: by then the resumed try is queued again.
@@ -79,27 +91,29 @@ def browser_binaries() -> None:
 
 
 @pytest.fixture(scope="module")
-def app_database(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A demo application database seeded as of now: a manual run's as-of is its trigger time."""
-    data = tmp_path_factory.mktemp("e2e-data")
-    url = f"sqlite:///{data / 'smice_app.db'}"
-    engine = make_engine(url)
-    create_app_schema(engine)
-    seed_demo(engine, datetime.now(UTC), documents_dir=data / "documents")
-    engine.dispose()
-    return url
+def demo_home(browser_binaries, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An Airflow home (metadata DB, data folder) where `scripts/demo` ran twice."""
+    home = tmp_path_factory.mktemp("airflow-standalone")
+    run_demo(home, *FIRST_DEMO)
+    run_demo(home, *SECOND_DEMO)
+    return home
 
 
 @pytest.fixture(scope="module")
-def standalone(browser_binaries, app_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standalone]:
-    home = tmp_path_factory.mktemp("airflow-standalone")
+def app_database(demo_home: Path) -> str:
+    """The second demo's application database, its DAGs run as of today: a manual run acts as of its trigger time."""
+    return f"sqlite:///{demo_home / 'data' / 'smice_demo.db'}"
+
+
+@pytest.fixture(scope="module")
+def standalone(browser_binaries, demo_home: Path, app_database: str) -> Iterator[Standalone]:
     env = {
-        "LIFECYCLE_DATA_DIR": str(home / "data"),
+        "LIFECYCLE_DATA_DIR": str(demo_home / "data"),
         "AIRFLOW_CONN_SMICE_APP": app_database,
         # The newsletter rule archives nothing: a neutral location, shown in the README's screenshot.
         "AIRFLOW_VAR_LIFECYCLE_ARCHIVE_URI": "file:///srv/smice/evidence-archive",
     }
-    with running_standalone(home, env) as server:
+    with running_standalone(demo_home, env) as server:
         yield server
 
 
@@ -110,8 +124,9 @@ def client(standalone: Standalone) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="module")
-def dry_run(client: httpx.Client) -> str:
+def dry_run(client: httpx.Client, app_database: str) -> str:
     """A dry run of the newsletters DAG, finished: its run id."""
+    add_withdrawn_subscriptions(app_database, NEWLY_WITHDRAWN)
     run_id = trigger(client, DAG_ID, {"dry_run": True})
     wait_for_run_end(client, DAG_ID, run_id, timeout=RUN_TIMEOUT)
     return run_id
@@ -154,7 +169,33 @@ def test_dry_run_succeeds_and_its_report_is_served(client: httpx.Client, standal
     assert report.status_code == 200, report.text
     assert report.headers["content-type"].startswith("text/html")
     assert DAG_ID in report.text and "dry run" in report.text.lower()
-    assert httpx.get(standalone.url + report_path(dry_run)).status_code == 401
+    assert f'<td class="num">{NEWLY_WITHDRAWN}</td>' in report.text
+
+
+def test_the_lifecycle_pages_are_html_for_signed_in_users_only(client: httpx.Client, standalone: Standalone):
+    pages = ("/lifecycle/trends", "/lifecycle/policy", f"/lifecycle/reports/{DAG_ID}/a-run")
+    for path in pages:
+        anonymous = httpx.get(standalone.url + path)
+        assert anonymous.status_code == 401, path
+        assert anonymous.headers["content-type"].startswith("text/html") and "<h1>Unauthorized</h1>" in anonymous.text
+
+    assert "<h1>Retention over time</h1>" in html_page(client, "/lifecycle/trends", 200)
+    assert "account-closed" in html_page(client, "/lifecycle/policy", 200)
+    unknown = html_page(client, f"/lifecycle/reports/{DAG_ID}/a-run", 404)
+    assert f"Airflow has no run <code>a-run</code> of DAG <code>{DAG_ID}</code>" in unknown
+
+
+def test_the_demo_runs_last_seconds_in_airflow_and_each_keeps_its_report(client: httpx.Client):
+    """Two demos: the three runs of each DAG (a week ago's, and the month's two passes) are in Airflow,
+    dated as run (not from their as-of's midnight on), each with its own report."""
+    runs = demo_runs(client)
+
+    assert [run["logical_date"][:10] for run in runs] == DEMO_AS_OFS
+    for run in runs:
+        duration = datetime.fromisoformat(run["end_date"]) - datetime.fromisoformat(run["start_date"])
+        assert timedelta(0) < duration < timedelta(minutes=5), run
+        report = html_page(client, f"/lifecycle/reports/{DEMO_DAG_ID}/{quote(run['dag_run_id'], safe='')}", 200)
+        assert f"<dt>as-of</dt><dd>{run['logical_date'][:10]}" in report
 
 
 def test_a_rejected_approval_keeps_the_rows(
@@ -169,6 +210,10 @@ def test_a_rejected_approval_keeps_the_rows(
         timeout=RUN_TIMEOUT,
         what=f"{approve} awaiting input",
     )
+    waiting = client.get(report_path(run_id))
+    assert waiting.status_code == 404 and waiting.headers["refresh"], waiting.text
+    assert "Its report task <code>report</code> has not run yet" in waiting.text
+    assert "<dt>run state</dt><dd><code>running</code></dd>" in waiting.text
     parked = PARKED_WORKER_EXITED.format(dag_id=DAG_ID, task_id=approve, run_id=run_id)
     wait_for(lambda: parked in standalone.log.read_text(errors="replace"), timeout=60, what="the parked worker's exit")
     answer = client.patch(
@@ -191,14 +236,123 @@ def test_ui_shows_the_dags_and_the_run_report(standalone: Standalone, dry_run: s
     wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, f"table a[href$='/dags/{DAG_ID}']")))
     browser.save_screenshot(str(screenshots / "dag-list.png"))
 
-    browser.get(f"{standalone.url}/dags/{DAG_ID}/runs/{quote(dry_run, safe='')}")
+    report = run_report_tab(browser, wait, standalone, DAG_ID, dry_run, showing=DAG_ID)
+    assert "dry run" in report.lower()
+    browser.save_screenshot(str(screenshots / "run-report.png"))
+
+
+def test_the_run_report_tab_is_a_page_on_every_run(standalone: Standalone, client: httpx.Client, browser):
+    """The oldest demo run's report, kept through the second demo, and a legal_holds run's page saying
+    that its DAG writes none."""
+    holds_run = trigger(client, HOLDS_DAG_ID, {"action": "list"})
+    assert wait_for_run_end(client, HOLDS_DAG_ID, holds_run, timeout=RUN_TIMEOUT) == "success"
+    oldest = demo_runs(client)[0]["dag_run_id"]
+    wait = WebDriverWait(browser, 60)
+    log_in(browser, wait, standalone)
+
+    report = run_report_tab(browser, wait, standalone, DEMO_DAG_ID, oldest, showing="account-closed")
+    assert f"Retention run {DEMO_DAG_ID}" in report and '{"detail"' not in report
+    no_report = run_report_tab(browser, wait, standalone, HOLDS_DAG_ID, holds_run, showing="No run report")
+    assert f"{HOLDS_DAG_ID} writes no run report" in no_report and "run state\nsuccess" in no_report
+
+
+def test_the_trends_and_the_policy_are_in_the_menu(standalone: Standalone, browser, screenshots: Path):
+    """Retention trends: the runs recorded in the second demo's database (its two passes, then the tests'),
+    charted for every retention DAG; the policy's documentation."""
+    wait = WebDriverWait(browser, 60)
+    log_in(browser, wait, standalone)
+
+    trends = plugin_page_from_menu(browser, wait, "Retention trends", showing="Retention over time")
+    for purpose in load_policy().purposes:
+        assert browser.find_element(By.CSS_SELECTOR, f"svg.chart[data-dag='{purpose.dag_id}']").is_displayed()
+    assert f"{DEMO_DAG_ID}\n2 run(s), as-of {DEMO_AS_OFS[0]} to {DEMO_AS_OFS[-1]}" in trends
+    browser.switch_to.default_content()
+    browser.save_screenshot(str(screenshots / "trends.png"))
+
+    policy = plugin_page_from_menu(browser, wait, "Retention policy", showing="account-closed")
+    assert all(purpose.dag_id in policy for purpose in load_policy().purposes)
+    browser.switch_to.default_content()
+
+
+def test_a_prepared_demo_seeds_runs_nothing_and_keeps_the_reports(tmp_path: Path):
+    earlier_report = tmp_path / "data" / "reports" / DAG_ID / "manual__earlier" / "report.html"
+    earlier_report.parent.mkdir(parents=True)
+    earlier_report.write_text("an earlier run's report")
+
+    printed = run_demo(tmp_path, "--prepare-only", "--size", "20")
+
+    assert all(dag_id in printed for dag_id in dag_bag().dag_ids)
+    assert earlier_report.read_text() == "an earlier run's report"
+    assert count_rows(f"sqlite:///{tmp_path / 'data' / 'smice_demo.db'}", "smicers") == 20
+    assert count_rows(f"sqlite:///{tmp_path / 'airflow.db'}", "dag_run") == 0
+
+
+def run_demo(home: Path, *arguments: str) -> str:
+    """`scripts/demo` for the Airflow home `home`, its data in home/data: what it printed (also in home/demo.log)."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW", "LIFECYCLE_"))}
+    environment |= {
+        **airflow_home_env(home),
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        "LIFECYCLE_DATA_DIR": str(home / "data"),
+        "NO_COLOR": "1",
+    }
+    demo = subprocess.run(
+        [str(PROJECT / "scripts" / "demo"), *arguments],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT,
+    )
+    with (home / "demo.log").open("a") as log:
+        log.write(demo.stdout + demo.stderr)
+    assert demo.returncode == 0, (demo.stdout + demo.stderr)[-4000:]
+    return demo.stdout
+
+
+def count_rows(url: str, table_name: str) -> int:
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        count = connection.execute(select(func.count()).select_from(table(table_name))).scalar()
+    engine.dispose()
+    return count
+
+
+def demo_runs(client: httpx.Client) -> list[dict]:
+    """The demos' runs of DEMO_DAG_ID, by logical date."""
+    runs = client.get(f"/api/v2/dags/{DEMO_DAG_ID}/dagRuns").json()["dag_runs"]
+    return sorted(runs, key=lambda run: run["logical_date"])
+
+
+def html_page(client: httpx.Client, path: str, status: int) -> str:
+    response = client.get(path)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("text/html")
+    return response.text
+
+
+def run_report_tab(
+    browser: webdriver.Chrome, wait: WebDriverWait, standalone: Standalone, dag_id: str, run_id: str, *, showing: str
+) -> str:
+    """The text of the run's Run report tab, once it shows `showing`."""
+    browser.get(f"{standalone.url}/dags/{dag_id}/runs/{quote(run_id, safe='')}")
     wait.until(expected_conditions.element_to_be_clickable((By.LINK_TEXT, "Run report"))).click()
     frame = wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "iframe[title='Run report']")))
     browser.switch_to.frame(frame)
-    wait.until(expected_conditions.text_to_be_present_in_element((By.TAG_NAME, "body"), DAG_ID))
-    assert "dry run" in browser.find_element(By.TAG_NAME, "body").text.lower()
+    wait.until(expected_conditions.text_to_be_present_in_element((By.TAG_NAME, "body"), showing))
+    text = browser.find_element(By.TAG_NAME, "body").text
     browser.switch_to.default_content()
-    browser.save_screenshot(str(screenshots / "run-report.png"))
+    return text
+
+
+def plugin_page_from_menu(browser: webdriver.Chrome, wait: WebDriverWait, name: str, *, showing: str) -> str:
+    """Opens the page `name` from the Plugins menu and stays in its frame: its text, once it shows `showing`."""
+    wait.until(expected_conditions.element_to_be_clickable(PLUGINS_MENU)).click()
+    item = (By.XPATH, f"//*[@role='menuitem'][normalize-space()='{name}']")
+    wait.until(expected_conditions.element_to_be_clickable(item)).click()
+    frame = wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, f"iframe[title='{name}']")))
+    browser.switch_to.frame(frame)
+    wait.until(expected_conditions.text_to_be_present_in_element((By.TAG_NAME, "body"), showing))
+    return browser.find_element(By.TAG_NAME, "body").text
 
 
 def log_in(browser: webdriver.Chrome, wait: WebDriverWait, standalone: Standalone) -> None:
