@@ -136,8 +136,19 @@ def trigger_from_form(browser: webdriver.Chrome, wait: WebDriverWait, standalone
 
 
 def choose(browser: webdriver.Chrome, wait: WebDriverWait, field: str, label: str) -> None:
-    click(wait, (By.ID, f"element_{field}"))
-    click(wait, (By.XPATH, f"//div[@role='option' and normalize-space()='{label}']"))
+    """Pick `label` in the field's menu, opening the menu again until it shows the option: a click
+    while its section still opens may leave it closed."""
+    option = (By.XPATH, f"//div[@role='option' and normalize-space()='{label}']")
+
+    def chosen(driver: webdriver.Chrome) -> bool:
+        shown = driver.find_elements(*option)
+        try:
+            (shown[0] if shown else driver.find_element(By.ID, f"element_{field}")).click()
+        except (NoSuchElementException, ElementNotInteractableException, ElementClickInterceptedException):
+            return False
+        return bool(shown)
+
+    wait.until(chosen, f"{label} chosen in {field}")
 
 
 def type_into(browser: webdriver.Chrome, field: str, text: str) -> None:
