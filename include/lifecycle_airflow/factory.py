@@ -25,6 +25,11 @@ DEFAULT_ARGS = {
 
 
 START_DATE = datetime(2026, 1, 1, tzinfo=UTC)
+# What a trigger form's description says of the personal data typed into it: no task can scrub it.
+KEPT_BY_AIRFLOW = (
+    "Airflow keeps what this form sends with the run's parameters (in its metadata database, shown on the "
+    "run's details page), also when the request is refused, until the run is deleted."
+)
 
 
 def on_demand_dag(dag_id: str, description: str, doc_md: str, tags: list[str], params: dict) -> DAG:

@@ -10,7 +10,7 @@ from typing import NoReturn
 from airflow.sdk import DAG, Param, task
 
 from lifecycle_airflow import config, tasks
-from lifecycle_airflow.factory import on_demand_dag
+from lifecycle_airflow.factory import KEPT_BY_AIRFLOW, on_demand_dag
 
 DAG_ID = "legal_holds"
 ACTIONS = ("place", "lift", "list")
@@ -22,11 +22,6 @@ ACTION_FIELDS = {
     "list": ("include_lifted",),
 }
 FIELDS = tuple(dict.fromkeys(name for fields in ACTION_FIELDS.values() for name in fields))
-KEPT_BY_AIRFLOW = (
-    "Airflow keeps what this form sends with the run's parameters (in its metadata database, shown on the "
-    "run's details page), also when the request is refused, until the run is deleted."
-)
-
 DOC = f"""# Legal holds
 
 An operator's legal hold keeps records from every retention rule, and the archived batches holding

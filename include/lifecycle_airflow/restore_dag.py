@@ -9,7 +9,7 @@ from datetime import timedelta
 from airflow.sdk import DAG, BaseSensorOperator, Param
 
 from lifecycle_airflow import tasks
-from lifecycle_airflow.factory import on_demand_dag
+from lifecycle_airflow.factory import KEPT_BY_AIRFLOW, on_demand_dag
 
 DAG_ID = "archive_restore"
 POKE_INTERVAL = timedelta(hours=1)
@@ -51,8 +51,7 @@ def build_restore_dag() -> DAG:
                 maxLength=320,
                 title="Email address",
                 description="Or: restore every archived record of this address (only their rows are copied). "
-                "Airflow keeps what this form sends with the run's parameters (in its metadata database, shown "
-                "on the run's details page) until the run is deleted.",
+                + KEPT_BY_AIRFLOW,
             ),
             "destination": Param(
                 None,

@@ -12,7 +12,7 @@ from airflow.sdk import DAG, Param, chain, task
 
 from lifecycle.subject import KINDS
 from lifecycle_airflow import config, tasks
-from lifecycle_airflow.factory import on_demand_dag
+from lifecycle_airflow.factory import KEPT_BY_AIRFLOW, on_demand_dag
 
 DAG_ID = "subject_request"
 KIND_LABELS = {
@@ -82,9 +82,7 @@ def _params() -> dict[str, Param]:
             type="string",
             title="Email address",
             description="The data subject's address, as verified (case and surrounding spaces do not matter). "
-            "Airflow keeps what this form sends with the run's parameters (in its metadata database, shown on the "
-            "run's details page), also when the request is refused, until the run is deleted; the run's logs, "
-            "XCom and report never show it.",
+            f"The run's logs, XCom and report never show it. {KEPT_BY_AIRFLOW}",
             minLength=1,
             maxLength=320,
         ),

@@ -54,16 +54,7 @@ def application(tmp_path, monkeypatch, airflow_home, moto_endpoint, locked_bucke
 def test_a_retention_dag_archives_to_s3_and_archive_restore_brings_the_batch_back(
     application, s3, locked_bucket, tmp_path
 ):
-    smicer = add(application, "smicers", created_at=datetime(2020, 1, 1))
-    rejected = add(
-        application,
-        "test_applications",
-        smicer_id=smicer,
-        test_date=TEST_DATE,
-        decision="rejected",
-        decided_at=TEST_DATE,
-        test_ended_at=TEST_DATE,
-    )
+    rejected = rejected_application(application)
 
     state, dag_run = run_dag("retention_test_applications", AS_OF, retries=0)
 
@@ -99,16 +90,7 @@ def test_a_run_keeps_its_report_and_validation_results_on_s3_where_the_report_vi
 ):
     reports_bucket = new_bucket(s3, object_lock=False)
     monkeypatch.setenv("AIRFLOW_VAR_LIFECYCLE_REPORTS_URI", f"s3://{reports_bucket}/reports")
-    smicer = add(application, "smicers", created_at=datetime(2020, 1, 1))
-    add(
-        application,
-        "test_applications",
-        smicer_id=smicer,
-        test_date=TEST_DATE,
-        decision="rejected",
-        decided_at=TEST_DATE,
-        test_ended_at=TEST_DATE,
-    )
+    rejected_application(application)
 
     state, dag_run = run_dag("retention_test_applications", AS_OF, retries=0)
 
@@ -120,6 +102,20 @@ def test_a_run_keeps_its_report_and_validation_results_on_s3_where_the_report_vi
     assert not (tmp_path / "data" / "reports").exists()
     page = report_page(config.reports_dir(), "retention_test_applications", dag_run.run_id)
     assert "applications-rejected" in page
+
+
+def rejected_application(engine) -> int:
+    """A test application rejected a year before the as-of: due for archiving and erasure."""
+    smicer = add(engine, "smicers", created_at=datetime(2020, 1, 1))
+    return add(
+        engine,
+        "test_applications",
+        smicer_id=smicer,
+        test_date=TEST_DATE,
+        decision="rejected",
+        decided_at=TEST_DATE,
+        test_ended_at=TEST_DATE,
+    )
 
 
 def test_the_restore_dag_file_parses_without_heavy_sdks():
