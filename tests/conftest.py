@@ -6,6 +6,7 @@ cannot be reached skips its tests, or fails them when CI is "true".
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import secrets
 from collections.abc import Iterator
@@ -204,3 +205,14 @@ def _pipeline_engine(url: str) -> Iterator[Engine]:
     ensure_lifecycle_tables(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def workers():
+    """A multiprocessing context whose processes (runs, or workers killed mid-step) fork from a server that
+    imported the engine and Great Expectations once (seconds)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(
+        ["great_expectations", "pyarrow.parquet", "lifecycle.pipeline", "tests.lifecycle_helpers"]
+    )
+    return context

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import multiprocessing
 import time
 import traceback
 from collections import Counter
@@ -72,16 +71,6 @@ def retention(purpose: str, run_id: str, as_of: datetime = AS_OF, **options) -> 
 class Database:
     url: str
     engine: Engine
-
-
-@pytest.fixture(scope="module")
-def workers():
-    """Runs fork from a server that imported the engine and Great Expectations once (seconds)."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(
-        ["great_expectations", "pyarrow.parquet", "lifecycle.pipeline", "tests.lifecycle_helpers"]
-    )
-    return context
 
 
 @pytest.fixture

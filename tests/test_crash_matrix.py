@@ -10,7 +10,6 @@ holds (found in pg_stat_activity): the engine has no hook, and the kill lands th
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
 import tempfile
@@ -111,16 +110,6 @@ class Seeded:
     due: dict[str, set[int]]  # per table, the rows the rule must erase (a due smicer's bundle members too)
     kept: dict[str, set[int]]  # per table, the rows it must leave
     bundles: dict[int, dict[str, set[tuple[int, int]]]]  # due smicer -> member table -> {(row, smicer)}
-
-
-@pytest.fixture(scope="module")
-def workers():
-    """Killed workers fork from a server that imported the engine and Great Expectations once (seconds)."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(
-        ["great_expectations", "pyarrow.parquet", "lifecycle.pipeline", "tests.lifecycle_helpers"]
-    )
-    return context
 
 
 @pytest.fixture

@@ -25,8 +25,6 @@ import httpx
 import pytest
 import redis
 from dateutil.relativedelta import relativedelta
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
@@ -40,8 +38,12 @@ from lifecycle.select import KeyRange
 from lifecycle.store import lifecycle_tables, make_engine
 from s3_fixtures import CREDENTIALS, REGION, new_bucket, plain_client
 from tests.cluster.cluster import Cluster, running_cluster
+from tests.e2e import test_airflow_ui as ui
 from tests.e2e.standalone import trigger, wait_for, wait_for_run_end
-from tests.e2e.test_airflow_ui import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS, log_in
+from tests.e2e.test_airflow_ui import log_in
+
+# Headless Chromium as the UI test drives it.
+browser, browser_binaries = ui.browser, ui.browser_binaries
 
 # Redis first: without it, nothing else is set up.
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("redis_server")]
@@ -188,22 +190,6 @@ def client(cluster: Cluster) -> Iterator[httpx.Client]:
         yield api
 
 
-@pytest.fixture
-def browser(tmp_path) -> Iterator[webdriver.Chrome]:
-    """Headless Chromium, as the UI test drives it."""
-    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
-    if missing:
-        needs(f"needs Debian's chromium and chromium-driver (apt-get install): {' and '.join(missing)} not found")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_window_size(1600, 950)
-    yield driver
-    driver.quit()
-
-
 @pytest.fixture(scope="module")
 def night(cluster: Cluster, client: httpx.Client, application: Application) -> Night:
     """The run, one worker killed while it erases the last key range."""
@@ -295,6 +281,7 @@ def test_the_report_written_by_a_worker_to_s3_is_served_by_the_api_server(
     assert not list(cluster.folder.rglob("report.json")), "a report on a local disk"
 
 
+@pytest.mark.usefixtures("browser_binaries")
 def test_the_ui_lists_the_erase_tasks_by_key_range(cluster: Cluster, night: Night, browser, tmp_path):
     """The run's grid with every task group open, and the mapped erase's task instances named by their
     key ranges: the README's picture, in $LIFECYCLE_SCREENSHOTS_DIR when set (scripts/screenshots)."""
