@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 from lifecycle.appschema import create_app_schema
 from lifecycle.erasing import ErasureRefused
 from lifecycle.expectations import GateFailed
-from lifecycle.pipeline import ARCHIVE, ERASE, GATE, SELECT, VERIFY_ARCHIVE, run_step
+from lifecycle.holds import place_hold
+from lifecycle.pipeline import APPROVE, ARCHIVE, ERASE, GATE, SELECT, VERIFY_ARCHIVE, run_step
 from lifecycle.store import ensure_lifecycle_tables, lifecycle_tables, make_engine
 from lifecycle.stores import ArchiveError
 from tests.lifecycle_helpers import POLICY, add, exists, make_run, run_rules, scalar, utc
@@ -187,6 +188,37 @@ def test_a_backfill_leaves_records_with_later_activity_alone(engine, tmp_path):
     assert exists(engine, "smicers", smicer) and exists(engine, "prospects", prospect)
     assert summary["rules"]["account-closed"]["invalid"] == 1
     assert summary["rules"]["prospects"]["invalid"] == 1
+
+
+def test_records_changed_after_the_select_step_are_left_in_place_and_the_others_erased(engine, tmp_path):
+    # One smicer each: a hold on a row of a smicer's bundle holds every row of it.
+    smicers = [add(engine, "smicers", created_at=datetime(2020, 1, 1)) for _ in range(6)]
+    logs = [add(engine, "connection_logs", smicer_id=smicer, connected_at=datetime(2025, 5, 1)) for smicer in smicers]
+    deleted, recent, held, *untouched = logs
+    run = make_run(engine, AS_OF, tmp_path, run_id="changed-meanwhile")
+    rule = POLICY.rule("connection-logs")
+    for step in (SELECT, GATE, APPROVE):
+        run_step(run, rule, step)
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM connection_logs WHERE id = :key"), {"key": deleted})
+        connection.execute(
+            text("UPDATE connection_logs SET connected_at = :at WHERE id = :key"),
+            {"at": datetime(2026, 11, 20), "key": recent},
+        )
+    place_hold(engine, POLICY, table="connection_logs", key=held, reason="dispute")
+
+    erased = run_step(run, rule, ERASE)
+
+    assert erased["erased"] == len(untouched) == 3
+    assert erased["skipped:gone before erasure"] == 1 and erased["skipped:no longer due"] == 2
+    assert [exists(engine, "connection_logs", key) for key in logs] == [False, True, True, False, False, False]
+    trail = scalar(
+        engine,
+        f"SELECT COUNT(*) FROM {lifecycle(engine, 'audit_trail')} WHERE action = 'erased' AND record_key IN "
+        f"({', '.join(map(str, untouched))})",
+    )
+    assert trail == 3
+    assert scalar(engine, f"SELECT COUNT(*) FROM {lifecycle(engine, 'audit_trail')} WHERE action = 'erased'") == 3
 
 
 CRASH_AFTER_ARCHIVE = """

@@ -31,8 +31,9 @@ class ErasureRefused(RuntimeError):
     """Records were left in place because erasing them would break a safeguard."""
 
 
-class _ErasedMeanwhile(Exception):
-    """Another run's transaction erased rows of the range after this one's re-check."""
+class _NotAllErased(Exception):
+    """The transaction's statements left some due candidate of its range pending without erasing it:
+    its record was gone or no longer due before them, or another run's transaction erased it meanwhile."""
 
 
 def erase_due(run: RunContext, rule: Rule, key_range: KeyRange = EVERY_KEY) -> dict:
@@ -99,23 +100,29 @@ class _RangeEraser:
         connection.execute(insert(self.run.tables.erasures), rows)
 
     def erase_range(self, erasure: int, key_from: int, key_to: int) -> dict[str, int]:
-        """One transaction: re-check, erase stored files, audit and erase the bundle, erase, done. Where
-        another run (erasing the same table at the same time) erased some of the rows after the
-        re-check, the transaction is rolled back and tried again: its re-check then finds them gone,
-        and the audit trail never names a record erased by two runs."""
+        """One transaction: re-check, erase stored files, audit and erase the bundle, erase, done.
+
+        Where the erase statement re-checks each record itself, the first try marks nothing before
+        it: it commits only when it erased every pending candidate, which it nearly always does. Where
+        it did not (a record gone or no longer due since the select step, or erased meanwhile by
+        another run erasing the same table), the transaction is rolled back and tried again marking
+        each candidate's fate, gone before erasure or no longer due; the audit trail never names a
+        record erased by two runs."""
+        marked = not rechecks_itself(self.rule)
         for _ in range(ERASE_TRIES):
             try:
-                return self._erase_range(erasure, key_from, key_to)
-            except _ErasedMeanwhile:
-                continue
+                return self._erase_range(erasure, key_from, key_to, marked)
+            except _NotAllErased:
+                marked = True
         raise RuntimeError(
             f"rule {self.rule.id}: keys {key_from} to {key_to} erased meanwhile by other runs in {ERASE_TRIES} tries"
         )
 
-    def _erase_range(self, erasure: int, key_from: int, key_to: int) -> dict[str, int]:
+    def _erase_range(self, erasure: int, key_from: int, key_to: int, marked: bool) -> dict[str, int]:
         with self.run.engine.begin() as connection:
             bounds = {"key_from": key_from, "key_to": key_to}
-            self._recheck(connection, bounds, "gone" if rechecks_itself(self.rule) else "due")
+            if marked:
+                self._recheck(connection, bounds, "gone" if rechecks_itself(self.rule) else "due")
             if self.rule.archives:
                 self._recheck(connection, bounds, "archive")
             if self.rule.stored_file:
@@ -135,12 +142,12 @@ class _RangeEraser:
                     r=self.decision.context,
                 )
                 if audited not in (None, done.rowcount):
-                    raise _ErasedMeanwhile
+                    raise _NotAllErased
                 erased["erased" if table == self.rule.table else f"{action}d:{table}"] = done.rowcount
-            if rechecks_itself(self.rule):
+            if marked and rechecks_itself(self.rule):
                 self._recheck(connection, bounds, "kept")
             if self._still_pending(connection, bounds) != erased["erased"]:
-                raise _ErasedMeanwhile
+                raise _NotAllErased
             if self.rule.action == "reactivate":
                 close_erased_cycles(connection, self.run, self.rule, self.selection.pending_due_in(**bounds))
             erasures = self.run.tables.erasures
